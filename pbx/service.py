@@ -1,0 +1,180 @@
+"""The PBX as Twisted services: one MultiService per process.
+
+`makeService` (pbx/tap.py) only composes; sockets are bound in
+`privilegedStartService` so a taken port fails start-up at once, and the
+database is opened and loaded asynchronously in `startService`. Until that
+load finishes the SIP core answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from pbx.config import Config
+from pbx.core.events import EventBus
+from pbx.core.location import LocationService
+from pbx.core.registrar import ExtensionDirectory, Registrar
+from pbx.sip.core import SIPCore
+from pbx.sip.digest import DigestAuthenticator, NonceManager
+from pbx.sip.transaction import TimerSettings, TransactionLayer
+from pbx.sip.transport import SIPDatagramProtocol, SIPStreamFactory
+from pbx.store.bindings import BindingRepository
+from pbx.store.db import Database
+from pbx.store.extensions import ExtensionRepository, make_record
+
+BINDING_FLUSH_INTERVAL = 1.0
+BINDING_EXPIRY_INTERVAL = 5.0
+
+
+class StartupError(Exception):
+    """A problem that stops the PBX from starting, told in one line."""
+
+
+class SIPService(Service):
+    """SIP over UDP and TCP on server.sip_host:server.sip_port."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, core: SIPCore, host: str, port: int, tcp: bool, max_size: int) -> None:
+        self.reactor = reactor
+        self.core = core
+        self.host = host
+        self.port = port
+        self.tcp = tcp
+        self.max_size = max_size
+        self.listeners: list[Any] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        interface = "" if self.host == "0.0.0.0" else self.host
+        try:
+            self.listeners.append(self.reactor.listenUDP(self.port, SIPDatagramProtocol(self.core), interface=interface, maxPacketSize=65535))
+            if self.tcp:
+                self.listeners.append(
+                    self.reactor.listenTCP(self.port, SIPStreamFactory(self.core, self.max_size), interface=interface)
+                )
+        except CannotListenError as error:
+            for listener in self.listeners:
+                listener.stopListening()
+            self.listeners = []
+            raise StartupError(f"server.sip_port: cannot listen on {self.host}:{self.port}: {error.socketError}") from None
+        self.log.info("SIP listening on {host}:{port} (udp{tcp})", host=self.host, port=self.port, tcp="+tcp" if self.tcp else "")
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        listeners, self.listeners = self.listeners, []
+        return DeferredList([maybeDeferred(listener.stopListening) for listener in listeners])
+
+
+class PBXService(MultiService):
+    """Owns the shared state and orders start-up and shut-down."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.events = EventBus()
+        self.db = Database(config.database.path)
+        self.extension_repo = ExtensionRepository(self.db, reactor)
+        self.binding_repo = BindingRepository(self.db)
+        self.directory = ExtensionDirectory()
+        self.location = LocationService(reactor)
+        timers = TimerSettings(t1=config.sip.timer_t1, t2=config.sip.timer_t2, t4=config.sip.timer_t4)
+        self.transactions = TransactionLayer(reactor, timers)
+        self.core = SIPCore(self.transactions, server_name=config.server.server_name)
+        self.core.ready = False
+        self.nonces = NonceManager(reactor, os.urandom(32), ttl=config.auth.nonce_ttl)
+        self.authenticator = DigestAuthenticator(self.nonces, config.auth.realm, config.auth.algorithms)
+        self.registrar = Registrar(
+            self.core, self.authenticator, self.directory, self.location, self.events, reactor,
+            min_expires=config.registrar.min_expires,
+            max_expires=config.registrar.max_expires,
+            default_expires=config.registrar.default_expires,
+        )  # fmt: skip
+        self.core.register_handler("REGISTER", self.registrar)
+        self.sip = SIPService(
+            reactor, self.core, config.server.sip_host, config.server.sip_port,
+            config.server.sip_tcp, config.sip.max_message_size,
+        )  # fmt: skip
+        self.sip.setServiceParent(self)
+        for interval, call in (
+            (BINDING_FLUSH_INTERVAL, self.flush_bindings),
+            (BINDING_EXPIRY_INTERVAL, self.expire_bindings),
+            (max(1.0, config.auth.nonce_ttl / 8), self.nonces.purge),
+        ):
+            timer = TimerService(interval, call)
+            timer.clock = reactor
+            timer.setServiceParent(self)
+        self.ready: Deferred[None] | None = None
+        self._loaded = False
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except StartupError as error:
+            sys.stderr.write(f"pbx: {error}\n")
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = ensureDeferred(self._load())
+        self.ready.addErrback(self._load_failed)
+
+    async def _load(self) -> None:
+        await self.db.open()
+        realm = self.config.auth.realm
+        records = [
+            make_record(e.number, e.name or "", realm, e.password, e.email, e.voicemail_pin)
+            for e in self.config.extensions
+        ]
+        await self.extension_repo.sync_from_config(records)
+        self.directory.replace_all(await self.extension_repo.all())
+        self.location.load(await self.binding_repo.load(self.reactor.seconds()))
+        self._loaded = True
+        self.core.ready = True
+        self.log.info(
+            "PBX ready: {extensions} extensions, {bindings} bindings restored",
+            extensions=len(self.directory), bindings=len(self.location),
+        )  # fmt: skip
+
+    def _load_failed(self, failure: Any) -> None:
+        self.log.failure("PBX start-up failed; stopping", failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def flush_bindings(self) -> Deferred[None] | None:
+        """Write changed bindings behind the registrar, in one transaction per tick."""
+        if not self._loaded:
+            return None
+        changes = self.location.take_changes()
+        if not changes:
+            return None
+        d = self.binding_repo.replace(changes)
+        d.addErrback(lambda f: self.log.failure("could not persist {count} bindings", f, count=len(changes)))
+        return d
+
+    def expire_bindings(self) -> None:
+        for aor in self.location.expire():
+            self.events.emit("registration.changed", aor=aor, contacts=[b.contact for b in self.location.lookup(aor)])
+
+    async def _stop(self) -> None:
+        await MultiService.stopService(self)
+        self.transactions.stop()
+        pending = self.flush_bindings()
+        if pending is not None:
+            await pending
+        self.db.close()
+        self.log.info("PBX stopped")
+
+    def stopService(self) -> Deferred[None]:
+        return ensureDeferred(self._stop())

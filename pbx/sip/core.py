@@ -1,0 +1,216 @@
+"""The SIP core: one controller for every transport.
+
+Bytes arrive from `transport.py`; the core parses them, matches transactions,
+checks requests (`validate.py`) and hands each new request to the handler
+registered for its method. SIPError exceptions raised anywhere on that path
+become responses here, in one place.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.logger import Logger
+
+from pbx.sip.errors import (
+    BadExtension,
+    IntervalTooBrief,
+    MethodNotAllowed,
+    NotImplementedMethod,
+    ParseError,
+    ServiceUnavailable,
+    SIPError,
+)
+from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
+from pbx.sip.transaction import ServerTransaction, TransactionLayer
+from pbx.sip.transport import Peer
+from pbx.sip.validate import ACCEPTED_BODY_TYPES, check_request
+
+ACCEPT = "application/sdp"
+SUPPORTED = ""
+
+
+class RequestHandler(Protocol):
+    def __call__(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None: ...
+
+
+class SIPCore:
+    """Parses, matches, validates and dispatches; answers every error it meets."""
+
+    log = Logger()
+
+    def __init__(self, transactions: TransactionLayer, server_name: str = "Twisted PBX") -> None:
+        self.transactions = transactions
+        self.server_name = server_name
+        self.handlers: dict[str, RequestHandler] = {"OPTIONS": self._options}
+        self.stats: dict[str, int] = {"received": 0, "malformed": 0, "stray_responses": 0}
+        self.on_stray_response: Callable[[Response, Peer], None] | None = None
+        # False while the PBX loads its data: requests then get 503 + Retry-After.
+        self.ready = True
+
+    def register_handler(self, method: str, handler: RequestHandler) -> None:
+        self.handlers[method] = handler
+
+    @property
+    def allow(self) -> str:
+        methods = set(self.handlers)
+        if "INVITE" in methods:
+            methods |= {"ACK", "CANCEL"}
+        return ", ".join(sorted(methods))
+
+    # -- input -----------------------------------------------------------
+
+    def datagram_received(self, data: bytes, peer: Peer) -> None:
+        if len(data) <= 4 and not data.strip():
+            return  # CRLF keep-alive (RFC 5626 §4.4.1)
+        try:
+            message = parse_datagram(data)
+        except ParseError as error:
+            self.stats["malformed"] += 1
+            self._answer_unparsable(data, error, peer)
+            return
+        self.message_received(message, peer)
+
+    def message_received(self, message: Request | Response, peer: Peer) -> None:
+        self.stats["received"] += 1
+        if isinstance(message, Response):
+            self._response_received(message, peer)
+        else:
+            self._request_received(message, peer)
+
+    def _response_received(self, response: Response, peer: Peer) -> None:
+        try:
+            consumed = self.transactions.receive_response(response)
+        except SIPError:
+            consumed = False
+        if not consumed:
+            self.stats["stray_responses"] += 1
+            if self.on_stray_response is not None:
+                self.on_stray_response(response, peer)
+
+    def _request_received(self, request: Request, peer: Peer) -> None:
+        try:
+            via = request.vias[0]
+        except (SIPError, IndexError):
+            # Without a usable Via nobody can be answered (RFC 3261 §18.2.2).
+            self.stats["malformed"] += 1
+            self.log.debug("dropping request without a usable Via from {peer}", peer=peer)
+            return
+        self._stamp_received(via, peer)
+        try:
+            existing = self.transactions.match_server(request)
+        except SIPError:
+            existing = None
+        if existing is not None:
+            existing.receive_request(request)
+            return
+        if request.method == "ACK":
+            return  # an ACK for a 2xx, or for nothing we know: never answered
+        transaction = self.transactions.create_server(request, self._sender(request, peer), peer.reliable)
+        try:
+            if not self.ready:
+                raise ServiceUnavailable("starting up", reason="Starting Up")
+            check_request(request)
+            if request.method == "CANCEL":
+                self._cancel(request, transaction)
+                return
+            handler = self.handlers.get(request.method)
+            if handler is None:
+                raise MethodNotAllowed(f"{request.method} not handled here")
+            handler(request, transaction, peer)
+        except SIPError as error:
+            self.respond_error(transaction, request, error)
+
+    # -- output ----------------------------------------------------------
+
+    def _stamp_received(self, via, peer: Peer) -> None:
+        """RFC 3261 §18.2.1 and RFC 3581: note where the request really came from."""
+        if via.host != peer.host:
+            via.params["received"] = peer.host
+        if "rport" in via.params:
+            via.params["received"] = peer.host
+            via.params["rport"] = str(peer.port)
+
+    def _sender(self, request: Request, peer: Peer) -> Callable[[bytes], None]:
+        """Where responses go (RFC 3261 §18.2.2, RFC 3581 §4)."""
+        if peer.reliable:
+            return peer._write
+        via = request.vias[0]
+        host = via.params.get("received") or via.host
+        rport = via.params.get("rport")
+        port = int(rport) if rport else (via.port or 5060)
+        if via.params.get("maddr"):
+            host = via.params["maddr"]
+        target = (host, port)
+        write = peer._write
+        return lambda data: write(data, target)
+
+    def response(self, request: Request, status: int, reason: str) -> Response:
+        response = make_response(request, status, reason, to_tag=secrets.token_hex(6))
+        response.headers.add("Server", self.server_name)
+        return response
+
+    def respond(self, transaction: ServerTransaction, request: Request, status: int, reason: str, headers=()) -> None:
+        response = self.response(request, status, reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        transaction.respond(response)
+
+    def respond_error(self, transaction: ServerTransaction, request: Request, error: SIPError) -> None:
+        extra: list[tuple[str, str]] = []
+        if isinstance(error, (MethodNotAllowed, NotImplementedMethod)):
+            extra.append(("Allow", self.allow))
+        elif isinstance(error, BadExtension):
+            extra.append(("Unsupported", ", ".join(error.unsupported)))
+        elif isinstance(error, IntervalTooBrief):
+            extra.append(("Min-Expires", str(error.min_expires)))
+        elif isinstance(error, ServiceUnavailable):
+            extra.append(("Retry-After", "2"))
+        elif error.status == 415:
+            extra.append(("Accept", ", ".join(sorted(ACCEPTED_BODY_TYPES))))
+        elif error.status == 406:
+            extra.append(("Warning", f'399 {self.server_name.replace(" ", "-")} "only application/sdp"'))
+        self.respond(transaction, request, error.status, error.reason, extra)
+
+    def _answer_unparsable(self, data: bytes, error: ParseError, peer: Peer) -> None:
+        """Answer 400 statelessly when the request is readable enough to address."""
+        try:
+            head_end = data.find(b"\r\n\r\n")
+            message = parse_head(data if head_end < 0 else data[:head_end])
+        except SIPError:
+            return
+        if not isinstance(message, Request) or message.method == "ACK":
+            return
+        try:
+            via = message.vias[0]
+        except (SIPError, IndexError):
+            return
+        self._stamp_received(via, peer)
+        response = self.response(message, error.status, error.reason)
+        try:
+            self._sender(message, peer)(response.to_bytes())
+        except Exception:
+            self.log.failure("could not answer a malformed request from {peer}", peer=peer)
+
+    # -- built-in methods ------------------------------------------------
+
+    def _options(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
+        self.respond(
+            transaction,
+            request,
+            200,
+            "OK",
+            (("Allow", self.allow), ("Accept", ACCEPT), ("Supported", SUPPORTED)),
+        )
+
+    def _cancel(self, request: Request, transaction: ServerTransaction) -> None:
+        invite = self.transactions.find_invite_for_cancel(request)
+        if invite is None:
+            self.respond(transaction, request, 481, "Call/Transaction Does Not Exist")
+            return
+        self.respond(transaction, request, 200, "OK")
+        on_cancel = getattr(invite, "on_cancel", None)
+        if on_cancel is not None:
+            on_cancel(request)

@@ -1,0 +1,95 @@
+"""Thin adapters from the reactor's UDP and TCP to the one SIP core.
+
+They only move bytes: parsing, matching and answering happen in
+`pbx.sip.core.SIPCore`, which serves every transport alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from pbx.sip.errors import ParseError
+from pbx.sip.message import StreamFramer
+
+if TYPE_CHECKING:
+    from pbx.sip.core import SIPCore
+
+
+class Peer:
+    """Where a message came from and how to answer on the same transport."""
+
+    __slots__ = ("transport", "host", "port", "reliable", "_write", "_conn")
+
+    def __init__(self, transport: str, host: str, port: int, reliable: bool, write, conn=None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.reliable = reliable
+        self._write = write
+        self._conn = conn
+
+    def send_to(self, data: bytes, host: str, port: int) -> None:
+        """Send to an address (UDP) or down the same connection (TCP)."""
+        if self.reliable:
+            self._write(data)
+        else:
+            self._write(data, (host, port))
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.transport} {self.host}:{self.port}>"
+
+
+class SIPDatagramProtocol(DatagramProtocol):
+    log = Logger()
+
+    def __init__(self, core: SIPCore) -> None:
+        self.core = core
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.core.datagram_received(data, Peer("UDP", addr[0], addr[1], False, self.transport.write))
+        except Exception:
+            # The listener must survive anything a datagram can provoke.
+            self.log.failure("unhandled error for a datagram from {host}:{port}", host=addr[0], port=addr[1])
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.write(data, addr)
+
+
+class SIPStreamProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, core: SIPCore, max_size: int) -> None:
+        self.core = core
+        self.framer = StreamFramer(max_size)
+        self.peer: Peer | None = None
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = Peer("TCP", address.host, address.port, True, self.transport.write, self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as error:
+            # Stream framing cannot be recovered once it is wrong (RFC 3261 §18.3).
+            self.log.info("closing TCP connection from {peer}: {error}", peer=self.peer, error=str(error))
+            self.transport.loseConnection()
+            return
+        for message in messages:
+            try:
+                self.core.message_received(message, self.peer)
+            except Exception:
+                self.log.failure("unhandled error for a message from {peer}", peer=self.peer)
+
+
+class SIPStreamFactory(Factory):
+    def __init__(self, core: SIPCore, max_size: int) -> None:
+        self.core = core
+        self.max_size = max_size
+
+    def buildProtocol(self, addr) -> SIPStreamProtocol:
+        return SIPStreamProtocol(self.core, self.max_size)
