@@ -1,0 +1,289 @@
+"""Tests for pbx.config: defaults, ${VAR} substitution, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from pbx.config import Config, ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def error_of(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, environ or {})
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_empty_file_gives_defaults() -> None:
+    config = parse_config("", {})
+    assert config.server.sip_host == "0.0.0.0"
+    assert config.server.sip_port == 5060
+    assert config.server.external_ip is None
+    assert (config.server.rtp_port_range_start, config.server.rtp_port_range_end) == (10000, 20000)
+    assert config.server.server_name == "Twisted PBX"
+    assert config.server.sip_tcp is True
+    assert (config.sip.timer_t1, config.sip.timer_t2, config.sip.timer_t4) == (0.5, 4.0, 5.0)
+    assert config.sip.max_message_size == 65535
+    assert config.auth.realm == "pbx"
+    assert config.auth.algorithms == ("MD5", "SHA-256")
+    assert config.auth.nonce_ttl == 300
+    assert (config.registrar.min_expires, config.registrar.max_expires,
+            config.registrar.default_expires) == (60, 3600, 3600)
+    assert (config.api.host, config.api.port) == ("127.0.0.1", 8080)
+    assert config.api.tokens == ()
+    assert config.api.cors_origins == ()
+    assert (config.database.type, config.database.path) == ("sqlite", "pbx.db")
+    assert config.dialplan == {"internal": "^[1-9][0-9]{3}$"}
+    assert config.extensions == ()
+    assert config.features == {} and config.groups == {}
+    assert config.integrations.timeout == 5.0
+    assert config.integrations.jitsi.server_url == "https://meet.jit.si"
+    assert config.integrations.jitsi.token_ttl == 3600
+    assert config.integrations.matrix.homeserver_url == "http://localhost:8008"
+    assert config.integrations.matrix.missed_call_notifications is True
+    assert config.integrations.espocrm.api_url == "http://localhost:8000/api/v1"
+    assert config.integrations.espocrm.auto_create_contacts is False
+    assert config.integrations.zoom.api_base_url == "https://api.zoom.us/v2"
+    assert config.integrations.zoom.oauth_url == "https://zoom.us/oauth/token"
+    assert config.integrations.zoom.user == "me"
+    assert not any(i.enabled for i in (config.integrations.jitsi, config.integrations.matrix,
+                                       config.integrations.espocrm, config.integrations.zoom))
+    assert config.warnings == ()
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config("", {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.sip_port = 5070  # type: ignore[misc]
+
+
+def test_shipped_config_loads_without_warnings() -> None:
+    config = load_config(str(ROOT / "config.yml"), environ={})
+    assert config.warnings == ()
+    assert [e.number for e in config.extensions] == ["1001", "1002", "1003"]
+    assert config.extensions[0].password == "1001secret"
+    assert config.extensions[0].voicemail_pin == "1234"
+    assert config.extensions[0].email == "alice@example.com"
+    assert config.auth.algorithms == ("MD5", "SHA-256")
+    assert config.api.tokens == ()
+
+
+def test_load_config_never_writes_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pbx.yml"
+    path.write_text("server:\n  sip_port: 5070\n  foo: 1\n")
+    before = path.read_bytes(), os.stat(path).st_mtime_ns
+    assert load_config(str(path), {}).server.sip_port == 5070
+    assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+
+
+def test_env_variable_set() -> None:
+    config = parse_config(
+        "extensions:\n- number: 1001\n  password: ${PW}\n", {"PW": "from-env"})
+    assert config.extensions[0].password == "from-env"
+
+
+def test_env_default_used_when_unset_or_empty() -> None:
+    text = "server:\n  server_name: ${NAME:-Fallback PBX}\n"
+    assert parse_config(text, {}).server.server_name == "Fallback PBX"
+    assert parse_config(text, {"NAME": ""}).server.server_name == "Fallback PBX"
+    assert parse_config(text, {"NAME": "Office"}).server.server_name == "Office"
+
+
+def test_env_missing_is_an_error_naming_the_key() -> None:
+    message = error_of("extensions:\n- number: 1001\n  password: ${PBX_PW}\n")
+    assert message == ("extensions[0].password: environment variable PBX_PW is not set "
+                       "(set it or write ${PBX_PW:-default})")
+
+
+def test_env_inside_text_and_literal_escape() -> None:
+    config = parse_config("server:\n  server_name: PBX ${SITE:-HQ} $${x}\n", {})
+    assert config.server.server_name == "PBX HQ ${x}"
+
+
+def test_env_fills_numbers_booleans_and_optionals() -> None:
+    text = ("server:\n  sip_port: ${PORT:-5062}\n  sip_tcp: ${TCP:-false}\n"
+            "  external_ip: ${PBX_EXTERNAL_IP:-}\n")
+    config = parse_config(text, {})
+    assert (config.server.sip_port, config.server.sip_tcp, config.server.external_ip) == (
+        5062, False, None)
+    config = parse_config(text, {"PORT": "5080", "PBX_EXTERNAL_IP": "203.0.113.7"})
+    assert (config.server.sip_port, config.server.external_ip) == (5080, "203.0.113.7")
+    assert type(config.server.server_name) is str
+
+
+def test_env_bad_number_names_key_and_value() -> None:
+    assert (error_of("server:\n  sip_port: ${PORT}\n", {"PORT": "abc"})
+            == 'server.sip_port: expected an integer 1-65535, got "abc"')
+
+
+def test_sip_port_not_a_number_exact_message() -> None:
+    assert (error_of("server:\n  sip_port: abc\n")
+            == 'server.sip_port: expected an integer 1-65535, got "abc"')
+
+
+VALIDATION_CASES = [
+    ("server:\n  sip_port: 70000\n", "server.sip_port: expected an integer 1-65535, got 70000"),
+    ("server:\n  sip_port: true\n", "server.sip_port: expected an integer 1-65535, got true"),
+    ("server:\n  sip_host: localhost\n", 'server.sip_host: expected an IP address, got "localhost"'),
+    ("server:\n  external_ip: 300.1.1.1\n",
+     'server.external_ip: expected an IP address, got "300.1.1.1"'),
+    ("server:\n  rtp_port_range_start: 10001\n",
+     "server.rtp_port_range_start: expected an even integer 1-65535, got 10001"),
+    ("server:\n  rtp_port_range_start: 20000\n  rtp_port_range_end: 20000\n",
+     "server.rtp_port_range_end: expected an integer greater than "
+     "server.rtp_port_range_start (20000), got 20000"),
+    ("server:\n  sip_tcp: 1\n", "server.sip_tcp: expected true or false, got 1"),
+    ("server: [1, 2]\n", "server: expected a mapping, got [1, 2]"),
+    ("sip:\n  timer_t1: 0\n", "sip.timer_t1: expected a positive number, got 0"),
+    ("sip:\n  timer_t4: fast\n", 'sip.timer_t4: expected a positive number, got "fast"'),
+    ("sip:\n  max_message_size: -1\n",
+     "sip.max_message_size: expected a positive integer, got -1"),
+    ("auth:\n  algorithms: []\n", "auth.algorithms: expected a non-empty list, got []"),
+    ("auth:\n  algorithms: [MD5, SHA-512]\n",
+     'auth.algorithms[1]: expected "MD5" or "SHA-256", got "SHA-512"'),
+    ("auth:\n  nonce_ttl: 1.5\n", "auth.nonce_ttl: expected a positive integer, got 1.5"),
+    ("registrar:\n  min_expires: 120\n  default_expires: 60\n",
+     "registrar.default_expires: expected an integer 120-3600 "
+     "(registrar.min_expires to registrar.max_expires), got 60"),
+    ("api:\n  port: 0\n", "api.port: expected an integer 1-65535, got 0"),
+    ("api:\n  cors_origins: https://example.com\n",
+     'api.cors_origins: expected a list, got "https://example.com"'),
+    ("database:\n  type: postgresql\n",
+     'database.type: expected "sqlite", got "postgresql" (postgresql is not supported yet)'),
+    ("dialplan:\n  internal: '^[1-9'\n",
+     'dialplan.internal: expected a valid regular expression, got "^[1-9" '
+     "(unterminated character set at position 1)"),
+    ("extensions:\n- number: 10a1\n  password: x\n",
+     'extensions[0].number: expected a string of digits, got "10a1"'),
+    ("extensions:\n- number: 1001\n", "extensions[0].password: required key missing"),
+    ("extensions:\n- number: 1001\n  password: x\n- number: '1001'\n  password: y\n",
+     'extensions[1].number: duplicate extension "1001" (already extensions[0].number)'),
+    ("integrations:\n  timeout: -5\n",
+     "integrations.timeout: expected a positive number, got -5"),
+    ("integrations:\n  espocrm:\n    api_url: localhost:8000\n",
+     'integrations.espocrm.api_url: expected an http(s) URL, got "localhost:8000"'),
+    ("integrations:\n  zoom:\n    enabled: maybe\n",
+     'integrations.zoom.enabled: expected true or false, got "maybe"'),
+]
+
+
+@pytest.mark.parametrize("text, expected", VALIDATION_CASES,
+                         ids=[expected.split(":")[0] for _, expected in VALIDATION_CASES])
+def test_validation_messages(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+SECRET_CASES = [
+    ("extensions:\n- number: 1001\n  password: ''\n", ""),
+    ("extensions:\n- number: 1001\n  password: 987654\n", "987654"),
+    ("extensions:\n- number: 1001\n  password: x\n  voicemail_pin: 12ab\n", "12ab"),
+    ("api:\n  tokens: [good-token, 12345]\n", "12345"),
+    ("api:\n  tokens: s3cr3t-token\n", "s3cr3t-token"),
+    ("integrations:\n  matrix:\n    bot_password: [hunter2]\n", "hunter2"),
+    ("integrations:\n  matrix:\n    access_token: 424242\n", "424242"),
+    ("integrations:\n  espocrm:\n    api_key: 777777\n", "777777"),
+    ("integrations:\n  jitsi:\n    app_secret: 555555\n", "555555"),
+    ("integrations:\n  zoom:\n    client_secret: 333333\n", "333333"),
+]
+
+
+@pytest.mark.parametrize("text, secret", SECRET_CASES,
+                         ids=[text.split(":")[-2].split()[-1] for text, _ in SECRET_CASES])
+def test_secrets_are_hidden_in_errors(text: str, secret: str) -> None:
+    message = error_of(text)
+    assert message.endswith("got <hidden>")
+    if secret:
+        assert secret not in message
+
+
+def test_secrets_are_left_out_of_repr() -> None:
+    config = parse_config(
+        "extensions:\n- number: 1001\n  password: topsecret\n"
+        "api:\n  tokens: [tok-abc]\n", {})
+    assert "topsecret" not in repr(config)
+    assert "tok-abc" not in repr(config)
+    assert config.extensions[0].password == "topsecret"
+    assert config.api.tokens == ("tok-abc",)
+
+
+def test_unknown_keys_are_warnings() -> None:
+    config = parse_config(
+        "server:\n  sip_port: 5070\n  foo: 1\nbar: 2\n"
+        "integrations:\n  zoom:\n    colour: blue\n"
+        "extensions:\n- number: 1001\n  password: x\n  fax: yes\n", {})
+    assert config.server.sip_port == 5070
+    assert config.warnings == (
+        'unknown key "server.foo" ignored',
+        'unknown key "bar" ignored',
+        'unknown key "integrations.zoom.colour" ignored',
+        'unknown key "extensions[0].fax" ignored',
+    )
+
+
+def test_free_form_sections_are_kept_without_warnings() -> None:
+    config = parse_config(
+        "features:\n  call_parking: {slots: 5}\nvoicemail:\n  max_seconds: 120\n"
+        "auto_attendant:\n  greeting: ${GREETING:-welcome.wav}\n"
+        "music_on_hold:\n  directory: moh\ngroups:\n- number: 2000\n  members: [1001]\n", {})
+    assert config.warnings == ()
+    assert config.features == {"call_parking": {"slots": 5}}
+    assert config.auto_attendant == {"greeting": "welcome.wav"}
+    assert config.groups == [{"number": 2000, "members": [1001]}]
+
+
+def test_extension_numbers_and_pins_are_text() -> None:
+    config = parse_config(
+        "extensions:\n- number: 1001\n  password: x\n  voicemail_pin: 0042\n"
+        "- number: 0100\n  password: y\n", {})
+    assert [e.number for e in config.extensions] == ["1001", "0100"]
+    assert config.extensions[0].voicemail_pin == "0042"
+    assert config.extensions[1].voicemail_pin is None
+
+
+def test_algorithms_order_is_kept_and_case_normalised() -> None:
+    config = parse_config("auth:\n  algorithms: [sha-256, md5]\n", {})
+    assert config.auth.algorithms == ("SHA-256", "MD5")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text("server:\n  sip_port: 5060\n  sip_host: [0.0.0.0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:4:1: YAML syntax error: ")
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yml"
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert str(info.value) == f"{path}: cannot read configuration: No such file or directory"
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    assert error_of("- 1\n- 2\n") == "<config>: expected a mapping at the top level, got [1, 2]"
+
+
+def test_null_lists_mean_empty() -> None:
+    config = parse_config("api:\n  tokens:\n  cors_origins:\nextensions:\n", {})
+    assert config.api.tokens == ()
+    assert config.extensions == ()
+
+
+def test_default_environ_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PBX_TEST_SERVER_NAME", "From OS")
+    config = parse_config("server:\n  server_name: ${PBX_TEST_SERVER_NAME}\n")
+    assert config.server.server_name == "From OS"
+
+
+def test_warnings_do_not_affect_equality() -> None:
+    assert parse_config("foo: 1\n", {}) == Config()
