@@ -290,6 +290,7 @@ class SipConfig:
     timer_t2: float = _field(_positive_float, 4.0)
     timer_t4: float = _field(_positive_float, 5.0)
     max_message_size: int = _field(_positive_int, 65535)
+    force_rport: bool = _field(_boolean, True)
 
     def __post_init__(self) -> None:
         if self.timer_t2 < self.timer_t1:
@@ -305,7 +306,7 @@ class AuthConfig:
     answer the first challenge they see."""
 
     realm: str = _field(_non_empty, "pbx")
-    algorithms: tuple[str, ...] = _field(_ListOf(_algorithm, non_empty=True), ("MD5", "SHA-256"))
+    algorithms: tuple[str, ...] = _field(_ListOf(_algorithm, non_empty=True), ("MD5",))
     nonce_ttl: int = _field(_positive_int, 300)
 
 

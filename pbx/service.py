@@ -91,7 +91,7 @@ class PBXService(MultiService):
         self.location = LocationService(reactor)
         timers = TimerSettings(t1=config.sip.timer_t1, t2=config.sip.timer_t2, t4=config.sip.timer_t4)
         self.transactions = TransactionLayer(reactor, timers)
-        self.core = SIPCore(self.transactions, server_name=config.server.server_name)
+        self.core = SIPCore(self.transactions, config.server.server_name, config.sip.force_rport)
         self.core.ready = False
         self.nonces = NonceManager(reactor, os.urandom(32), ttl=config.auth.nonce_ttl)
         self.authenticator = DigestAuthenticator(self.nonces, config.auth.realm, config.auth.algorithms)
@@ -122,7 +122,10 @@ class PBXService(MultiService):
         try:
             super().privilegedStartService()
         except StartupError as error:
-            sys.stderr.write(f"pbx: {error}\n")
+            # twistd has already turned sys.stderr into a log file; the user
+            # must see this line on the terminal.
+            self.log.critical("{error}", error=str(error))
+            (sys.__stderr__ or sys.stderr).write(f"pbx: {error}\n")
             raise SystemExit(1) from None
 
     def startService(self) -> None:

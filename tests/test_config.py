@@ -32,7 +32,7 @@ def test_empty_file_gives_defaults() -> None:
     assert (config.sip.timer_t1, config.sip.timer_t2, config.sip.timer_t4) == (0.5, 4.0, 5.0)
     assert config.sip.max_message_size == 65535
     assert config.auth.realm == "pbx"
-    assert config.auth.algorithms == ("MD5", "SHA-256")
+    assert config.auth.algorithms == ("MD5",)
     assert config.auth.nonce_ttl == 300
     assert (config.registrar.min_expires, config.registrar.max_expires,
             config.registrar.default_expires) == (60, 3600, 3600)
@@ -71,7 +71,7 @@ def test_shipped_config_loads_without_warnings() -> None:
     assert config.extensions[0].password == "1001secret"
     assert config.extensions[0].voicemail_pin == "1234"
     assert config.extensions[0].email == "alice@example.com"
-    assert config.auth.algorithms == ("MD5", "SHA-256")
+    assert config.auth.algorithms == ("MD5",)
     assert config.api.tokens == ()
 
 

@@ -14,6 +14,7 @@ from sipclient import authorization, challenge_params, parse, register
 CONFIG = """
 auth:
   realm: pbx
+  algorithms: [MD5, SHA-256]
 registrar:
   min_expires: 60
   max_expires: 3600

@@ -22,6 +22,7 @@ from pbx.sip.errors import (
     ParseError,
     ServiceUnavailable,
     SIPError,
+    VersionNotSupported,
 )
 from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
 from pbx.sip.transaction import ServerTransaction, TransactionLayer
@@ -41,9 +42,10 @@ class SIPCore:
 
     log = Logger()
 
-    def __init__(self, transactions: TransactionLayer, server_name: str = "Twisted PBX") -> None:
+    def __init__(self, transactions: TransactionLayer, server_name: str = "Twisted PBX", force_rport: bool = True) -> None:
         self.transactions = transactions
         self.server_name = server_name
+        self.force_rport = force_rport
         self.handlers: dict[str, RequestHandler] = {"OPTIONS": self._options}
         self.stats: dict[str, int] = {"received": 0, "malformed": 0, "stray_responses": 0}
         self.on_stray_response: Callable[[Response, Peer], None] | None = None
@@ -93,10 +95,9 @@ class SIPCore:
     def _request_received(self, request: Request, peer: Peer) -> None:
         try:
             via = request.vias[0]
-        except (SIPError, IndexError):
-            # Without a usable Via nobody can be answered (RFC 3261 §18.2.2).
+        except (SIPError, IndexError) as error:
             self.stats["malformed"] += 1
-            self.log.debug("dropping request without a usable Via from {peer}", peer=peer)
+            self._reply_stateless(request, error if isinstance(error, SIPError) else ParseError("no Via"), peer)
             return
         self._stamp_received(via, peer)
         try:
@@ -138,12 +139,10 @@ class SIPCore:
         if peer.reliable:
             return peer._write
         via = request.vias[0]
-        host = via.params.get("received") or via.host
-        rport = via.params.get("rport")
-        port = int(rport) if rport else (via.port or 5060)
-        if via.params.get("maddr"):
-            host = via.params["maddr"]
-        target = (host, port)
+        if self.force_rport or via.params.get("rport"):
+            target = (peer.host, peer.port)
+        else:
+            target = (via.params.get("maddr") or via.params.get("received") or via.host, via.port or 5060)
         write = peer._write
         return lambda data: write(data, target)
 
@@ -175,22 +174,36 @@ class SIPCore:
         self.respond(transaction, request, error.status, error.reason, extra)
 
     def _answer_unparsable(self, data: bytes, error: ParseError, peer: Peer) -> None:
-        """Answer 400 statelessly when the request is readable enough to address."""
+        """Answer a datagram that failed to parse, when it is readable enough to address."""
+        head_end = data.find(b"\r\n\r\n")
+        head = data if head_end < 0 else data[:head_end]
+        if isinstance(error, VersionNotSupported):
+            # Read the rest as SIP/2.0 only to address the 505.
+            first, sep, rest = head.partition(b"\r\n")
+            head = first.rsplit(b" ", 1)[0] + b" SIP/2.0" + sep + rest
         try:
-            head_end = data.find(b"\r\n\r\n")
-            message = parse_head(data if head_end < 0 else data[:head_end])
+            message = parse_head(head)
         except SIPError:
             return
-        if not isinstance(message, Request) or message.method == "ACK":
+        if isinstance(message, Request):
+            self._reply_stateless(message, error, peer)
+
+    def _reply_stateless(self, request: Request, error: SIPError, peer: Peer) -> None:
+        """Answer outside any transaction: to the source when NAT rules allow it,
+        else to the top Via, and not at all when neither can be known."""
+        if request.method == "ACK":
             return
+        if not (peer.reliable or self.force_rport):
+            try:
+                self._stamp_received(request.vias[0], peer)
+            except (SIPError, IndexError):
+                return
+        response = self.response(request, error.status, error.reason)
         try:
-            via = message.vias[0]
-        except (SIPError, IndexError):
-            return
-        self._stamp_received(via, peer)
-        response = self.response(message, error.status, error.reason)
-        try:
-            self._sender(message, peer)(response.to_bytes())
+            if peer.reliable or self.force_rport:
+                peer.send_to(response.to_bytes(), peer.host, peer.port)
+            else:
+                self._sender(request, peer)(response.to_bytes())
         except Exception:
             self.log.failure("could not answer a malformed request from {peer}", peer=peer)
 

@@ -23,7 +23,8 @@ _VIA_RE = re.compile(
     r"\s*(" + TOKEN + r")\s*/\s*(" + TOKEN + r")\s*/\s*(" + TOKEN + r")\s+"
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(?:\s*:\s*([0-9]{1,5}))?"
 )
-_DISPLAY_TOKENS = re.compile(r"(?:" + TOKEN + r"\s*)+\Z")
+# One way only to split the words: "(?:TOKEN\s*)+" backtracks exponentially.
+_DISPLAY_TOKENS = re.compile(TOKEN + r"(?:\s+" + TOKEN + r")*\s*\Z")
 _CSEQ_RE = re.compile(r"\s*([0-9]{1,10})\s+(" + TOKEN + r")\s*\Z")
 MAX_CSEQ = 2**32 - 1
 

@@ -11,7 +11,17 @@ import re
 from collections.abc import Iterable, Iterator
 
 from pbx.sip.errors import ParseError, VersionNotSupported
-from pbx.sip.headers import TOKEN, CSeq, NameAddr, Via, parse_cseq, parse_name_addr, parse_via, split_list
+from pbx.sip.headers import (
+    TOKEN,
+    CSeq,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    parse_via_list,
+    split_list,
+)
 
 COMPACT = {
     "i": "call-id", "m": "contact", "e": "content-encoding", "l": "content-length",
@@ -29,7 +39,7 @@ _SPELLING = {
 
 _NAME_RE = re.compile(TOKEN + r"\Z")
 _METHOD_RE = re.compile(TOKEN + r"\Z")
-_VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+_VERSION_RE = re.compile(r"SIP/([0-9]+)\.([0-9]+)\Z", re.IGNORECASE)
 _CRLF2 = b"\r\n\r\n"
 MAX_UDP_SIZE = 65535
 
@@ -133,7 +143,8 @@ class Message:
     @property
     def vias(self) -> list[Via]:
         if self._vias is None:
-            self._vias = [parse_via(v) for v in self.headers.get_list("via")]
+            # Unlike get_list, an empty element ("Via: a, , b") is refused.
+            self._vias = parse_via_list(self.headers._fields.get("via", ()))
         return self._vias
 
     @property
@@ -218,12 +229,15 @@ class Response(Message):
 def _parse_start_line(line: str) -> Request | Response:
     if line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
-        if len(parts) < 3 or not _VERSION_RE.match(parts[0]):
+        m = _VERSION_RE.match(parts[0])
+        if len(parts) < 3 or m is None:
             raise ParseError("bad status line")
+        if m.groups() != ("2", "0"):
+            raise VersionNotSupported(f"version {parts[0]} not supported")
         code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not "100" <= code <= "699":
+        if len(code) != 3 or not (code.isascii() and code.isdigit()) or not "100" <= code <= "699":
             raise ParseError("bad status code")
-        return Response(int(code), parts[2], version=parts[0].upper())
+        return Response(int(code), parts[2], version="SIP/2.0")
     parts = line.split(" ")
     if len(parts) != 3:
         raise ParseError("bad request line")
@@ -241,9 +255,15 @@ def _parse_start_line(line: str) -> Request | Response:
 def parse_head(head: bytes) -> Request | Response:
     """Parse the start line and header fields (everything before the blank line)."""
     text = head.decode("utf-8", "surrogateescape")
+    if text[-1:] == "\r":
+        text = text[:-1]  # "\r\n\n" ending a head found by the bare-LF fallback
     lines = text.split("\r\n")
     if len(lines) == 1 and "\n" in text:
         lines = text.split("\n")
+    # A CR or LF inside a line would survive into a value and split it in two
+    # when the message is serialized again (RFC 3261 §7.3.1 allows neither).
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != (len(lines) - 1 if "\r\n" in text else 0):
+        raise ParseError("stray CR or LF in the header section")
     message = _parse_start_line(lines[0])
     headers = message.headers
     name = value = None
@@ -253,7 +273,9 @@ def parse_head(head: bytes) -> Request | Response:
         if line[0] in " \t":
             if name is None:
                 raise ParseError("continuation line before any header")
-            value = f"{value} {line.strip()}"
+            more = line.strip(" \t")
+            if more:
+                value = f"{value} {more}" if value else more
             continue
         if name is not None:
             headers.add(name, value)
@@ -261,7 +283,7 @@ def parse_head(head: bytes) -> Request | Response:
         name = name.rstrip(" \t")
         if not colon or not _NAME_RE.match(name):
             raise ParseError(f"bad header line {line[:40]!r}")
-        value = value.strip()
+        value = value.strip(" \t")
     if name is not None:
         headers.add(name, value)
     return message
@@ -275,7 +297,7 @@ def content_length(message: Message) -> int | None:
     if len(values) > 1:
         raise ParseError("more than one Content-Length")
     text = values[0]
-    if not text.isdigit() or len(text) > 10:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
         raise ParseError("bad Content-Length")
     return int(text)
 
@@ -342,6 +364,16 @@ class StreamFramer:
 
 
 
+def _has_tag(value: str) -> bool:
+    """Whether a To value carries a tag parameter (not one inside its URI or display name)."""
+    if "tag" not in value.lower():
+        return False  # the common case, decided without parsing
+    try:
+        return "tag" in parse_name_addr(value, "To").params
+    except ParseError:
+        return ";tag=" in "".join(value.split()).lower()
+
+
 def make_response(request: Request, status: int, reason: str, to_tag: str | None = None) -> Response:
     """A response to `request` per RFC 3261 §8.2.6: Via, From, Call-ID, CSeq copied, To tagged.
 
@@ -352,7 +384,7 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     headers = Headers()
     for value in src._fields.get("via", ()):
         headers.add("Via", value)
-    if request._vias is not None and request._vias[0].params is not None:
+    if request._vias:
         first = request._vias[0]
         if "received" in first.params or first.params.get("rport"):
             values = headers._fields["via"]
@@ -364,7 +396,7 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
         headers.add("From", from_value)
     to_value = src.get("to")
     if to_value is not None:
-        if to_tag is not None and status > 100 and ";tag=" not in to_value.replace(" ", "").lower():
+        if to_tag is not None and status > 100 and not _has_tag(to_value):
             to_value = f"{to_value};tag={to_tag}"
         headers.add("To", to_value)
     for name in ("Call-ID", "CSeq"):

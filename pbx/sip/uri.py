@@ -88,7 +88,7 @@ def _parse_host_port(text: str, whole: str) -> tuple[str, int | None]:
             raise ParseError(f"bad host in {whole!r}")
         if not sep:
             return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(port_text) > 65535:
         raise ParseError(f"bad port in {whole!r}")
     return host, int(port_text)
 
@@ -110,6 +110,8 @@ def parse_uri(text: str) -> SipURI | AbsoluteURI:
         if not userinfo or not _USERINFO.match(userinfo):
             raise ParseError(f"bad user part in {text!r}")
         user, colon, pw = userinfo.partition(":")
+        if not user:
+            raise ParseError(f"empty user part in {text!r}")
         if colon:
             password = pw
     rest, qmark, headers = rest.partition("?")

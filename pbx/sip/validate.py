@@ -48,7 +48,7 @@ def check_request(request: Request) -> None:
         raise ParseError("branch holds only the magic cookie", reason="Bad Via Branch")
     cseq = request.cseq
     max_forwards = headers.get("max-forwards")
-    if max_forwards is not None and (not max_forwards.isdigit() or len(max_forwards) > 10):
+    if max_forwards is not None and (not (max_forwards.isascii() and max_forwards.isdigit()) or len(max_forwards) > 10):
         raise ParseError("bad Max-Forwards", reason="Bad Max-Forwards")
     request.from_()
     request.to()
