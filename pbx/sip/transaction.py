@@ -13,7 +13,9 @@ hundreds of thousands of transactions alive at once:
 - "Wait, then forget" timers (D, I, J, K and RFC 6026's L) always have one
   of a few constant durations, so in a `TransactionLayer` they share one
   FIFO per duration, swept by a single ``callLater`` chain.  A transaction
-  entering Completed costs a deque append, not a ``DelayedCall``.
+  entering Completed costs a deque append, not a ``DelayedCall``.  They
+  fire at most one sweep interval (1 s by default) late, and a lookup that
+  finds a transaction past its deadline ends it on the spot.
 
 INVITE server transactions implement the RFC 6026 Accepted state by
 default: after a 2xx the transaction stays for Timer L (64*T1) to absorb
@@ -31,6 +33,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 
