@@ -51,6 +51,14 @@ class SIPCore:
         self.on_stray_response: Callable[[Response, Peer], None] | None = None
         # False while the PBX loads its data: requests then get 503 + Retry-After.
         self.ready = True
+        # Set by the transports: where requests the PBX originates go out.
+        self.udp_transport = None
+        self.tcp_connections: dict[tuple[str, int], object] = {}
+        # In-dialog requests (a To tag) and ACKs for 2xx belong to the dialog
+        # layer (the B2BUA); CANCEL of a pending INVITE too.
+        self.dialog_handler: RequestHandler | None = None
+        self.ack_handler: Callable[[Request, Peer], None] | None = None
+        self.cancel_handler: Callable[[ServerTransaction, Request], None] | None = None
 
     def register_handler(self, method: str, handler: RequestHandler) -> None:
         self.handlers[method] = handler
@@ -108,7 +116,11 @@ class SIPCore:
             existing.receive_request(request)
             return
         if request.method == "ACK":
-            return  # an ACK for a 2xx, or for nothing we know: never answered
+            # An ACK for a 2xx (its own transaction-less request) or for
+            # nothing we know: never answered.
+            if self.ack_handler is not None and self.ready:
+                self.ack_handler(request, peer)
+            return
         transaction = self.transactions.create_server(request, self._sender(request, peer), peer.reliable)
         try:
             if not self.ready:
@@ -118,6 +130,8 @@ class SIPCore:
                 self._cancel(request, transaction)
                 return
             handler = self.handlers.get(request.method)
+            if self.dialog_handler is not None and ";tag=" in (request.headers.get("to") or "").replace(" ", "").lower():
+                handler = self.dialog_handler
             if handler is None:
                 raise MethodNotAllowed(f"{request.method} not handled here")
             handler(request, transaction, peer)
@@ -125,6 +139,21 @@ class SIPCore:
             self.respond_error(transaction, request, error)
 
     # -- output ----------------------------------------------------------
+
+    def send(self, data: bytes, transport: str, host: str, port: int) -> None:
+        """Send a request the PBX originates; ConnectionError when it cannot go out."""
+        if transport == "TCP":
+            connection = self.tcp_connections.get((host, port))
+            if connection is None:
+                raise ConnectionError(f"no TCP connection to {host}:{port}")
+            connection.transport.write(data)
+        else:
+            if self.udp_transport is None:
+                raise ConnectionError("SIP UDP transport is not listening")
+            self.udp_transport.write(data, (host, port))
+
+    def sender(self, transport: str, host: str, port: int) -> Callable[[bytes], None]:
+        return lambda data: self.send(data, transport, host, port)
 
     def _stamp_received(self, via, peer: Peer) -> None:
         """RFC 3261 §18.2.1 and RFC 3581: note where the request really came from."""
@@ -224,6 +253,5 @@ class SIPCore:
             self.respond(transaction, request, 481, "Call/Transaction Does Not Exist")
             return
         self.respond(transaction, request, 200, "OK")
-        on_cancel = getattr(invite, "on_cancel", None)
-        if on_cancel is not None:
-            on_cancel(request)
+        if self.cancel_handler is not None:
+            self.cancel_handler(invite, request)

@@ -48,6 +48,13 @@ class SIPDatagramProtocol(DatagramProtocol):
     def __init__(self, core: SIPCore) -> None:
         self.core = core
 
+    def startProtocol(self) -> None:
+        self.core.udp_transport = self.transport
+
+    def stopProtocol(self) -> None:
+        if self.core.udp_transport is self.transport:
+            self.core.udp_transport = None
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             self.core.datagram_received(data, Peer("UDP", addr[0], addr[1], False, self.transport.write))
@@ -70,6 +77,11 @@ class SIPStreamProtocol(Protocol):
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = Peer("TCP", address.host, address.port, True, self.transport.write, self)
+        self.core.tcp_connections[(address.host, address.port)] = self
+
+    def connectionLost(self, reason=None) -> None:
+        if self.peer is not None and self.core.tcp_connections.get((self.peer.host, self.peer.port)) is self:
+            del self.core.tcp_connections[(self.peer.host, self.peer.port)]
 
     def dataReceived(self, data: bytes) -> None:
         try:
