@@ -15,7 +15,6 @@ from pbx.core.events import EventBus
 from pbx.core.location import Binding, LocationService
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.errors import Forbidden, IntervalTooBrief, ParseError
-from pbx.sip.headers import parse_name_addr
 from pbx.sip.message import Request
 from pbx.sip.transaction import ServerTransaction
 from pbx.sip.transport import Peer
@@ -144,7 +143,7 @@ class Registrar:
         """Apply the Contact list of an authenticated REGISTER (RFC 3261 §10.3 steps 6-8)."""
         now = self.clock.seconds()
         header_expires = self._expires_header(request)
-        contacts = request.headers.get_list("contact")
+        contacts = request.contacts()
         call_id = request.call_id
         cseq = request.cseq.number
         changed = False
@@ -156,8 +155,7 @@ class Registrar:
         else:
             user_agent = request.headers.get("user-agent")
             updates: list[tuple[str, int, NameAddrParams]] = []
-            for value in contacts:
-                contact = parse_name_addr(value, "Contact")
+            for contact in contacts:
                 expires = self._contact_expires(contact.params.get("expires"), header_expires)
                 if 0 < expires < self.min_expires:
                     raise IntervalTooBrief(self.min_expires)

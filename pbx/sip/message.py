@@ -44,10 +44,23 @@ _CRLF2 = b"\r\n\r\n"
 MAX_UDP_SIZE = 65535
 
 
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 4096
+
+
 def header_key(name: str) -> str:
-    """Case-insensitive key for a header name, compact forms expanded."""
-    lower = name.lower()
-    return COMPACT.get(lower, lower)
+    """Case-insensitive key for a header name, compact forms expanded.
+
+    Memoized: the same few spellings arrive in every message. The memo is
+    bounded so a peer inventing header names cannot grow it without limit.
+    """
+    key = _KEYS.get(name)
+    if key is None:
+        lower = name.lower()
+        key = COMPACT.get(lower, lower)
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[name] = key
+    return key
 
 
 def _spell(key: str) -> str:
@@ -129,7 +142,7 @@ class Headers:
 
 
 class Message:
-    __slots__ = ("headers", "body", "version", "_vias", "_cseq")
+    __slots__ = ("headers", "body", "version", "_vias", "_cseq", "_from", "_to", "_contacts")
 
     def __init__(self, headers: Headers | None = None, body: bytes = b"", version: str = "SIP/2.0") -> None:
         self.headers = headers if headers is not None else Headers()
@@ -137,6 +150,9 @@ class Message:
         self.version = version
         self._vias: list[Via] | None = None
         self._cseq: CSeq | None = None
+        self._from: NameAddr | None = None
+        self._to: NameAddr | None = None
+        self._contacts: list[NameAddr | str] | None = None
 
     # Structured views, parsed once and cached. Callers that change the
     # underlying header must call `invalidate()`.
@@ -173,14 +189,30 @@ class Message:
         return value
 
     def from_(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("from") or "", "From")
+        if self._from is None:
+            self._from = parse_name_addr(self.headers.get("from") or "", "From")
+        return self._from
 
     def to(self) -> NameAddr:
-        return parse_name_addr(self.headers.get("to") or "", "To")
+        if self._to is None:
+            self._to = parse_name_addr(self.headers.get("to") or "", "To")
+        return self._to
+
+    def contacts(self) -> list[NameAddr | str]:
+        """Parsed Contact values; the wildcard stays the string "*"."""
+        if self._contacts is None:
+            self._contacts = [
+                value if value == "*" else parse_name_addr(value, "Contact")
+                for value in self.headers.get_list("contact")
+            ]
+        return self._contacts
 
     def invalidate(self) -> None:
         self._vias = None
         self._cseq = None
+        self._from = None
+        self._to = None
+        self._contacts = None
 
     def start_line(self) -> str:
         raise NotImplementedError

@@ -18,7 +18,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?\Z|[A-Za-z0-
 _USERINFO = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/:]*\Z")
 _PARAM = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+\Z")
 _HEADERS = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$=&]*\Z")
-_FORBIDDEN = frozenset(" \t\r\n<>\"")
+_FORBIDDEN = re.compile(r'[ \t\r\n<>"]')
 
 
 def unescape(text: str) -> str:
@@ -96,7 +96,7 @@ def _parse_host_port(text: str, whole: str) -> tuple[str, int | None]:
 def parse_uri(text: str) -> SipURI | AbsoluteURI:
     """Parse a URI; raises ParseError for anything that is not a URI at all."""
     scheme, sep, rest = text.partition(":")
-    if not sep or not _SCHEME.match(scheme) or not rest or any(c in _FORBIDDEN for c in text):
+    if not sep or not _SCHEME.match(scheme) or not rest or _FORBIDDEN.search(text) is not None:
         raise ParseError(f"bad URI {text!r}")
     lower = scheme.lower()
     if lower not in ("sip", "sips"):

@@ -15,7 +15,7 @@ from pbx.sip.errors import (
     UnsupportedMediaType,
     UnsupportedURIScheme,
 )
-from pbx.sip.headers import is_token, parse_name_addr
+from pbx.sip.headers import is_token
 from pbx.sip.message import Request
 from pbx.sip.uri import SipURI, parse_uri
 
@@ -40,8 +40,9 @@ def check_request(request: Request) -> None:
     for name in REQUIRED_HEADERS:
         if name not in headers:
             raise ParseError(f"missing {name} header", reason=f"Missing {name.title()} Header")
+    fields = headers._fields
     for name in SINGLE_HEADERS:
-        if len(headers.values(name)) > 1:
+        if len(fields.get(name, ())) > 1:
             raise ParseError(f"more than one {name} header", reason=f"Duplicate {name.title()} Header")
     vias = request.vias
     if vias[0].branch == "z9hG4bK":
@@ -62,9 +63,7 @@ def check_request(request: Request) -> None:
         raise ParseError("CSeq method does not match the request", reason="CSeq Method Mismatch")
     if not isinstance(uri, SipURI):
         raise UnsupportedURIScheme(f"scheme {uri.scheme} not supported")
-    for value in headers.get_list("contact"):
-        if value != "*":
-            parse_name_addr(value, "Contact")
+    request.contacts()
     if request.method in ("ACK", "CANCEL"):
         return
     unsupported = [tag for tag in headers.get_list("require") if tag.lower() not in SUPPORTED_EXTENSIONS]
