@@ -49,6 +49,9 @@ __all__ = [
     "DatabaseConfig",
     "EspoCRMConfig",
     "ExtensionConfig",
+    "FeaturesConfig",
+    "GROUP_STRATEGIES",
+    "GroupConfig",
     "IntegrationsConfig",
     "JitsiConfig",
     "MatrixConfig",
@@ -61,6 +64,7 @@ __all__ = [
 ]
 
 AUTH_ALGORITHMS = ("MD5", "SHA-256")
+GROUP_STRATEGIES = ("ringall", "hunt")
 HIDDEN = "<hidden>"
 
 
@@ -214,6 +218,26 @@ def _database_type(value: Any) -> str:
     raise _Invalid('"sqlite"')
 
 
+def _zero_means(meaning: str) -> _Check:
+    """A non-negative integer where 0 switches the limit off."""
+    expected = f"an integer >= 0 (0 = {meaning})"
+    base = _integer(0)
+
+    def check(value: Any) -> int:
+        try:
+            return base(value)
+        except _Invalid:
+            raise _Invalid(expected) from None
+
+    return check
+
+
+def _strategy(value: Any) -> str:
+    if isinstance(value, str) and value.lower() in GROUP_STRATEGIES:
+        return value.lower()
+    raise _Invalid(" or ".join(f'"{name}"' for name in GROUP_STRATEGIES))
+
+
 def _optional(check: _Check) -> _Check:
     """None, or an empty string (``${VAR:-}``), means "not set"."""
 
@@ -362,6 +386,33 @@ class ExtensionConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """Call limits.  ``allow_unauthenticated`` is empty by default so that
+    nobody reaches anything without a password: the PBX is no open relay."""
+
+    no_answer_timeout: int = _field(_positive_int, 30)
+    max_call_duration: int = _field(_zero_means("unlimited"), 14400)
+    rtp_timeout: int = _field(_zero_means("off"), 60)
+    max_calls_per_extension: int = _field(_zero_means("unlimited"), 0)
+    allow_unauthenticated: tuple[str, ...] = _field(_ListOf(_regex), ())
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A ring group: one number that rings several extensions.
+
+    ``ringall`` rings every member at once for ``ring_timeout`` seconds;
+    ``hunt`` rings them one after the other, ``ring_timeout`` seconds each.
+    """
+
+    number: str = _field(_digits)
+    members: tuple[str, ...] = _field(_ListOf(_digits, non_empty=True))
+    name: str | None = _field(_optional(_text), None)
+    strategy: str = _field(_strategy, "ringall")
+    ring_timeout: int = _field(_positive_int, 20)
+
+
+@dataclass(frozen=True)
 class JitsiConfig:
     """Video meetings: links (and JWTs when self-hosted) for calls."""
 
@@ -434,11 +485,11 @@ class Config:
     database: DatabaseConfig = _field(DatabaseConfig)
     dialplan: dict[str, str] = _field(_MapOf(_regex), {"internal": "^[1-9][0-9]{3}$"})
     extensions: tuple[ExtensionConfig, ...] = _field(_ListOf(ExtensionConfig), ())
-    features: Any = _field(_FreeForm(), {})
+    features: FeaturesConfig = _field(FeaturesConfig)
     voicemail: Any = _field(_FreeForm(), {})
     auto_attendant: Any = _field(_FreeForm(), {})
     music_on_hold: Any = _field(_FreeForm(), {})
-    groups: Any = _field(_FreeForm(), {})
+    groups: tuple[GroupConfig, ...] = _field(_ListOf(GroupConfig), ())
     integrations: IntegrationsConfig = _field(IntegrationsConfig)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -451,6 +502,50 @@ class Config:
                     f'extensions[{index}].number: duplicate extension "{extension.number}" '
                     f"(already extensions[{first}].number)"
                 )
+        groups: dict[str, int] = {}
+        for index, group in enumerate(self.groups):
+            key = f"groups[{index}].number"
+            if group.number in seen:
+                raise ConfigError(
+                    f'{key}: group "{group.number}" clashes with extension '
+                    f'"{group.number}" (extensions[{seen[group.number]}].number)'
+                )
+            first = groups.setdefault(group.number, index)
+            if first != index:
+                raise ConfigError(
+                    f'{key}: duplicate group "{group.number}" (already groups[{first}].number)'
+                )
+            members: dict[str, int] = {}
+            for position, member in enumerate(group.members):
+                earlier = members.setdefault(member, position)
+                if earlier != position:
+                    raise ConfigError(
+                        f'groups[{index}].members[{position}]: duplicate member "{member}" '
+                        f"(already groups[{index}].members[{earlier}])"
+                    )
+        attendant = self.auto_attendant.get("extension") if isinstance(self.auto_attendant, dict) else None
+        if attendant is not None:
+            text = str(attendant) if _is_int(attendant) and attendant >= 0 else attendant
+            key = "auto_attendant.extension"
+            if not isinstance(text, str) or not re.fullmatch(r"[0-9*#]+", text):
+                raise ConfigError(f"{key}: expected a string of digits, * and #, got {_show(attendant, False)}")
+            if text in seen:
+                raise ConfigError(
+                    f'{key}: "{text}" clashes with extension "{text}" (extensions[{seen[text]}].number)'
+                )
+            if text in groups:
+                raise ConfigError(f'{key}: "{text}" clashes with group "{text}" (groups[{groups[text]}].number)')
+
+    def cross_warnings(self) -> tuple[str, ...]:
+        """Doubtful but legal combinations: group members that are not
+        configured extensions (they may still be created through the API)."""
+        numbers = {extension.number for extension in self.extensions}
+        return tuple(
+            f'groups[{index}].members[{position}]: "{member}" is not a configured extension'
+            for index, group in enumerate(self.groups)
+            for position, member in enumerate(group.members)
+            if member not in numbers
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -618,7 +713,7 @@ def parse_config(text: str, environ: Mapping[str, str] | None = None,
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_show(raw, False)}")
     walk = _Walk(environ)
     config = walk.section(Config, raw, "")
-    return replace(config, warnings=tuple(walk.warnings))
+    return replace(config, warnings=tuple(walk.warnings) + config.cross_warnings())
 
 
 def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pbx.config import Config, ConfigError, load_config, parse_config
+from pbx.config import Config, ConfigError, FeaturesConfig, GroupConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def test_empty_file_gives_defaults() -> None:
     assert (config.database.type, config.database.path) == ("sqlite", "pbx.db")
     assert config.dialplan == {"internal": "^[1-9][0-9]{3}$"}
     assert config.extensions == ()
-    assert config.features == {} and config.groups == {}
+    assert config.features == FeaturesConfig() and config.groups == ()
     assert config.integrations.timeout == 5.0
     assert config.integrations.jitsi.server_url == "https://meet.jit.si"
     assert config.integrations.jitsi.token_ttl == 3600
@@ -228,14 +228,15 @@ def test_unknown_keys_are_warnings() -> None:
 
 
 def test_free_form_sections_are_kept_without_warnings() -> None:
+    # features and groups are typed now (see the tests further down).
     config = parse_config(
-        "features:\n  call_parking: {slots: 5}\nvoicemail:\n  max_seconds: 120\n"
+        "voicemail:\n  max_seconds: 120\n"
         "auto_attendant:\n  greeting: ${GREETING:-welcome.wav}\n"
-        "music_on_hold:\n  directory: moh\ngroups:\n- number: 2000\n  members: [1001]\n", {})
+        "music_on_hold:\n  directory: moh\n", {})
     assert config.warnings == ()
-    assert config.features == {"call_parking": {"slots": 5}}
+    assert config.voicemail == {"max_seconds": 120}
     assert config.auto_attendant == {"greeting": "welcome.wav"}
-    assert config.groups == [{"number": 2000, "members": [1001]}]
+    assert config.music_on_hold == {"directory": "moh"}
 
 
 def test_extension_numbers_and_pins_are_text() -> None:
@@ -287,3 +288,128 @@ def test_default_environ_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_warnings_do_not_affect_equality() -> None:
     assert parse_config("foo: 1\n", {}) == Config()
+
+
+# ---------------------------------------------------------------------------
+# features, groups, dialplan names, auto_attendant.extension
+
+EXT = "extensions:\n- number: 1001\n  password: x\n- number: 1002\n  password: y\n"
+
+
+def test_features_defaults() -> None:
+    features = parse_config("", {}).features
+    assert features.no_answer_timeout == 30
+    assert features.max_call_duration == 14400
+    assert features.rtp_timeout == 60
+    assert features.max_calls_per_extension == 0
+    assert features.allow_unauthenticated == ()
+
+
+def test_features_values_and_zero_switches_off() -> None:
+    config = parse_config(
+        "features:\n  no_answer_timeout: 15\n  max_call_duration: 0\n  rtp_timeout: 0\n"
+        "  max_calls_per_extension: 2\n  allow_unauthenticated: ['^100[0-9]$', '^\\*97$']\n", {})
+    assert config.features == FeaturesConfig(15, 0, 0, 2, ("^100[0-9]$", "^\\*97$"))
+    assert config.warnings == ()
+
+
+def test_features_env_and_unknown_key_warning() -> None:
+    config = parse_config("features:\n  rtp_timeout: ${RTP:-30}\n  call_parking: {slots: 5}\n", {})
+    assert config.features.rtp_timeout == 30
+    assert config.warnings == ('unknown key "features.call_parking" ignored',)
+
+
+def test_groups_parse_with_defaults() -> None:
+    config = parse_config(
+        EXT + "groups:\n- number: 2000\n  name: Sales\n  members: [1001, '1002']\n"
+        "- number: '2001'\n  members: [1002]\n  strategy: HUNT\n  ring_timeout: 10\n", {})
+    assert config.groups == (
+        GroupConfig(number="2000", members=("1001", "1002"), name="Sales"),
+        GroupConfig(number="2001", members=("1002",), strategy="hunt", ring_timeout=10),
+    )
+    assert config.groups[0].strategy == "ringall" and config.groups[0].ring_timeout == 20
+    assert config.warnings == ()
+
+
+def test_group_member_that_is_not_an_extension_is_a_warning() -> None:
+    config = parse_config(EXT + "groups:\n- number: 2000\n  members: [1001, 1009]\n", {})
+    assert config.groups[0].members == ("1001", "1009")
+    assert config.warnings == ('groups[0].members[1]: "1009" is not a configured extension',)
+
+
+NEW_VALIDATION_CASES = [
+    ("features:\n  no_answer_timeout: 0\n",
+     "features.no_answer_timeout: expected a positive integer, got 0"),
+    ("features:\n  no_answer_timeout: '30s'\n",
+     'features.no_answer_timeout: expected a positive integer, got "30s"'),
+    ("features:\n  max_call_duration: -1\n",
+     "features.max_call_duration: expected an integer >= 0 (0 = unlimited), got -1"),
+    ("features:\n  rtp_timeout: 1.5\n",
+     "features.rtp_timeout: expected an integer >= 0 (0 = off), got 1.5"),
+    ("features:\n  max_calls_per_extension: true\n",
+     "features.max_calls_per_extension: expected an integer >= 0 (0 = unlimited), got true"),
+    ("features:\n  allow_unauthenticated: '^1001$'\n",
+     'features.allow_unauthenticated: expected a list, got "^1001$"'),
+    ("features:\n  allow_unauthenticated: ['^(1001']\n",
+     'features.allow_unauthenticated[0]: expected a valid regular expression, got "^(1001" '
+     "(missing ), unterminated subpattern at position 1)"),
+    ("features: 5\n", "features: expected a mapping, got 5"),
+    ("groups:\n  number: 2000\n", 'groups: expected a list, got {"number": 2000}'),
+    ("groups:\n- members: [1001]\n", "groups[0].number: required key missing"),
+    ("groups:\n- number: 20a0\n  members: [1001]\n",
+     'groups[0].number: expected a string of digits, got "20a0"'),
+    ("groups:\n- number: 2000\n", "groups[0].members: required key missing"),
+    ("groups:\n- number: 2000\n  members: []\n",
+     "groups[0].members: expected a non-empty list, got []"),
+    ("groups:\n- number: 2000\n  members: [1001, alice]\n",
+     'groups[0].members[1]: expected a string of digits, got "alice"'),
+    ("groups:\n- number: 2000\n  members: [1001, '1001']\n",
+     'groups[0].members[1]: duplicate member "1001" (already groups[0].members[0])'),
+    ("groups:\n- number: 2000\n  members: [1001]\n  strategy: random\n",
+     'groups[0].strategy: expected "ringall" or "hunt", got "random"'),
+    ("groups:\n- number: 2000\n  members: [1001]\n  ring_timeout: 0\n",
+     "groups[0].ring_timeout: expected a positive integer, got 0"),
+    ("groups:\n- number: 2000\n  members: [1001]\n  name: [x]\n",
+     'groups[0].name: expected a string, got ["x"]'),
+    ("groups:\n- number: 2000\n  members: [1001]\n- number: 2000\n  members: [1002]\n",
+     'groups[1].number: duplicate group "2000" (already groups[0].number)'),
+    (EXT + "groups:\n- number: 1002\n  members: [1001]\n",
+     'groups[0].number: group "1002" clashes with extension "1002" (extensions[1].number)'),
+    ("dialplan:\n  voicemail: '^\\*9(7$'\n",
+     'dialplan.voicemail: expected a valid regular expression, got "^\\\\*9(7$" '
+     "(missing ), unterminated subpattern at position 4)"),
+    ("dialplan:\n  attendant: 0\n",
+     "dialplan.attendant: expected a regular expression string, got 0"),
+    ("auto_attendant:\n  extension: 12ab\n",
+     'auto_attendant.extension: expected a string of digits, * and #, got "12ab"'),
+    (EXT + "auto_attendant:\n  extension: 1001\n",
+     'auto_attendant.extension: "1001" clashes with extension "1001" (extensions[0].number)'),
+    ("groups:\n- number: 2000\n  members: [1001]\nauto_attendant:\n  extension: '2000'\n",
+     'auto_attendant.extension: "2000" clashes with group "2000" (groups[0].number)'),
+]
+
+
+@pytest.mark.parametrize("text, expected", NEW_VALIDATION_CASES,
+                         ids=[expected.split(":")[0] for _, expected in NEW_VALIDATION_CASES])
+def test_new_section_validation_messages(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_dialplan_keeps_user_patterns_and_recognised_names() -> None:
+    config = parse_config(
+        "dialplan:\n  internal: '^[1-9][0-9]{2}$'\n  voicemail: '^\\*97$'\n"
+        "  attendant: '^0$'\n  trunk: '^9[0-9]+$'\n", {})
+    assert config.dialplan == {"internal": "^[1-9][0-9]{2}$", "voicemail": "^\\*97$",
+                               "attendant": "^0$", "trunk": "^9[0-9]+$"}
+    assert config.warnings == ()
+
+
+def test_auto_attendant_extension_accepts_digits_star_and_hash() -> None:
+    assert parse_config("auto_attendant:\n  extension: '*0#'\n", {}).auto_attendant == {"extension": "*0#"}
+    assert parse_config("auto_attendant:\n  extension: 8000\n", {}).auto_attendant == {"extension": 8000}
+
+
+def test_shipped_config_features_and_dialplan() -> None:
+    config = load_config(str(ROOT / "config.yml"), environ={})
+    assert config.features == FeaturesConfig()
+    assert "voicemail" in config.dialplan

@@ -46,6 +46,37 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (aor, contact)
         )""",
     ],
+    # 2: call detail records (pbx.store.cdr).  No CHECK constraints on
+    # purpose: a record must never be refused by the database.
+    [
+        """CREATE TABLE cdr (
+            call_id TEXT PRIMARY KEY,
+            sip_call_id TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            caller_name TEXT NOT NULL DEFAULT '',
+            callee TEXT NOT NULL,
+            answered_by TEXT,
+            start_time REAL NOT NULL,
+            answer_time REAL,
+            end_time REAL NOT NULL,
+            duration INTEGER NOT NULL,
+            billable INTEGER NOT NULL,
+            disposition TEXT NOT NULL,
+            hangup_cause TEXT NOT NULL,
+            hangup_side TEXT
+        )""",
+        "CREATE INDEX cdr_start ON cdr (start_time)",
+        "CREATE INDEX cdr_caller ON cdr (caller, start_time)",
+        "CREATE INDEX cdr_callee ON cdr (callee, start_time)",
+        "CREATE INDEX cdr_answered_by ON cdr (answered_by, start_time)",
+        "CREATE INDEX cdr_disposition ON cdr (disposition, start_time)",
+        """CREATE TABLE calls_open (
+            call_id TEXT PRIMARY KEY,
+            record TEXT NOT NULL,
+            start_time REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ],
 ]
 
 

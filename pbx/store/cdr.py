@@ -1,0 +1,225 @@
+"""Call detail records: ``cdr`` (finished calls) and ``calls_open`` (calls up
+or ringing), so that no record is lost when the PBX stops abruptly.
+
+A call's life in the store:
+
+- ``open_call`` on the INVITE and ``update_open`` on the answer write the
+  record so far (JSON) into ``calls_open``;
+- ``close_call`` moves it into ``cdr`` in one transaction;
+- ``recover`` at start-up turns whatever is still open into ``cdr`` rows
+  (``failed`` / ``restart`` / ``pbx``): a crash costs the call, not its record.
+
+Records are serialised when the method is called, on the reactor thread:
+the B2BUA keeps changing its `CallRecord` while the write waits for the
+database thread.  A write for a call that is already in ``cdr`` is ignored,
+so a late ``update_open`` can never bring a finished call back to life.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+
+from pbx.core.cdr import DISPOSITIONS, CallRecord
+from pbx.store.db import Database
+
+__all__ = ["CDRRepository"]
+
+_COLUMNS = (
+    "call_id, sip_call_id, caller, callee, start_time, caller_name, answered_by, "
+    "answer_time, end_time, disposition, hangup_cause, hangup_side"
+)
+_INSERT = (
+    f"INTO cdr ({_COLUMNS}, duration, billable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+Records = list[CallRecord]
+Moment = float | datetime
+
+
+def _cdr_row(record: CallRecord) -> tuple[Any, ...]:
+    return (
+        record.call_id, record.sip_call_id, record.caller, record.callee, record.start,
+        record.caller_name or "", record.answered_by, record.answer, record.end,
+        record.disposition, record.hangup_cause or "unknown", record.hangup_side,
+        record.duration, record.billable,
+    )  # fmt: skip
+
+
+def _from_row(row: tuple[Any, ...]) -> CallRecord:
+    return CallRecord(*row)
+
+
+def _open_row(record: CallRecord) -> tuple[str, str, float, float]:
+    updated = max(t for t in (record.start, record.answer, record.end) if t is not None)
+    return record.call_id, json.dumps(record.as_dict()), record.start, updated
+
+
+def _write_open(cursor: Any, call_id: str, text: str, start: float, updated: float) -> None:
+    if cursor.execute("SELECT 1 FROM cdr WHERE call_id = ?", (call_id,)).fetchone() is not None:
+        return
+    cursor.execute(
+        "INSERT OR REPLACE INTO calls_open (call_id, record, start_time, updated_at) VALUES (?, ?, ?, ?)",
+        (call_id, text, start, updated),
+    )
+
+
+def _epoch(value: Moment, name: str) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name}: a datetime needs a time zone")
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected epoch seconds or a datetime, got {value!r}")
+    return float(value)
+
+
+def _where(extension: str | None, since: Moment | None, until: Moment | None,
+           disposition: str | None) -> tuple[str, tuple[Any, ...]]:
+    conditions: list[str] = []
+    args: list[Any] = []
+    if extension is not None:
+        conditions.append("(caller = ? OR callee = ? OR answered_by = ?)")
+        args += [extension] * 3
+    if since is not None:
+        conditions.append("start_time >= ?")
+        args.append(_epoch(since, "since"))
+    if until is not None:
+        conditions.append("start_time < ?")
+        args.append(_epoch(until, "until"))
+    if disposition is not None:
+        if disposition not in DISPOSITIONS:
+            raise ValueError(f"disposition: expected one of {', '.join(DISPOSITIONS)}, got {disposition!r}")
+        conditions.append("disposition = ?")
+        args.append(disposition)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(args)
+
+
+class CDRRepository:
+    """Call records in the database; every method returns a Deferred."""
+
+    log = Logger()
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- the life of a call ------------------------------------------------
+
+    def open_call(self, record: CallRecord) -> Deferred[None]:
+        """Note a call that has started (ringing)."""
+        return self.db.run_transaction(_write_open, *_open_row(record))
+
+    def update_open(self, record: CallRecord) -> Deferred[None]:
+        """Write the record so far (on answer); ignored once the call is closed."""
+        return self.db.run_transaction(_write_open, *_open_row(record))
+
+    def close_call(self, record: CallRecord) -> Deferred[None]:
+        """Store a finished record and forget the open call, in one transaction."""
+        if record.end is None or record.disposition is None:
+            return fail(ValueError(f"call {record.call_id}: close_call needs a finished record"))
+        row = _cdr_row(record)
+
+        def work(cursor: Any) -> None:
+            cursor.execute("INSERT OR REPLACE " + _INSERT, row)
+            cursor.execute("DELETE FROM calls_open WHERE call_id = ?", (row[0],))
+
+        return self.db.run_transaction(work)
+
+    def recover(self, now: float) -> Deferred[Records]:
+        """At start-up, before calls are accepted: close every call left open.
+
+        An open record that was already finished (the PBX stopped between
+        ``finish`` and ``close_call``) keeps its outcome; any other becomes
+        ``failed`` / ``restart`` / ``pbx``, ending at ``now``: when the call
+        really stopped is unknown, so its duration is an upper bound.
+        Yields the records written.
+        """
+
+        def work(cursor: Any) -> tuple[Records, list[str]]:
+            recovered: Records = []
+            unreadable: list[str] = []
+            rows = cursor.execute(
+                "SELECT call_id, record, start_time, updated_at FROM calls_open ORDER BY start_time"
+            ).fetchall()
+            for call_id, text, start, updated in rows:
+                try:
+                    data = json.loads(text)
+                    if not isinstance(data, dict):
+                        raise ValueError("not an object")
+                    record = CallRecord.from_dict(data)
+                except (ValueError, TypeError):
+                    unreadable.append(call_id)
+                    record = CallRecord(call_id, "", "", "", float(start))
+                record.call_id = call_id
+                if record.end is None or record.disposition is None:
+                    record.end = None
+                    record.finish(max(now, float(updated)), "failed", "restart", "pbx")
+                cursor.execute("INSERT OR IGNORE " + _INSERT, _cdr_row(record))
+                cursor.execute("DELETE FROM calls_open WHERE call_id = ?", (call_id,))
+                recovered.append(record)
+            return recovered, unreadable
+
+        def done(result: tuple[Records, list[str]]) -> Records:
+            recovered, unreadable = result
+            for call_id in unreadable:
+                self.log.warn("open call {call_id} had an unreadable record; kept with what is known",
+                              call_id=call_id)
+            if recovered:
+                self.log.info("{count} calls left open by the last run recorded as failed (restart)",
+                              count=len(recovered))
+            return recovered
+
+        return self.db.run_transaction(work).addCallback(done)
+
+    # -- queries (for the REST API) ------------------------------------------
+
+    def get(self, call_id: str) -> Deferred[CallRecord | None]:
+        """One finished call, or None."""
+        d = self.db.run_query(f"SELECT {_COLUMNS} FROM cdr WHERE call_id = ?", (call_id,))
+        d.addCallback(lambda rows: _from_row(rows[0]) if rows else None)
+        return d
+
+    def list(
+        self,
+        extension: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        disposition: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Deferred[Records]:
+        """Finished calls, newest first.  ``extension`` matches the caller,
+        the callee or the member that answered; ``since <= start < until``."""
+        for name, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return fail(ValueError(f"{name}: expected an integer >= 0, got {value!r}"))
+        try:
+            where, args = _where(extension, since, until, disposition)
+        except ValueError:
+            return fail()
+        d = self.db.run_query(
+            f"SELECT {_COLUMNS} FROM cdr{where} ORDER BY start_time DESC, call_id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        d.addCallback(lambda rows: [_from_row(row) for row in rows])
+        return d
+
+    def count(
+        self,
+        extension: str | None = None,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        disposition: str | None = None,
+    ) -> Deferred[int]:
+        """How many finished calls ``list`` would page through."""
+        try:
+            where, args = _where(extension, since, until, disposition)
+        except ValueError:
+            return fail()
+        d = self.db.run_query(f"SELECT COUNT(*) FROM cdr{where}", args)
+        d.addCallback(lambda rows: int(rows[0][0]))
+        return d
