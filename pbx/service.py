@@ -19,6 +19,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from pbx.config import Config
+from pbx.core.b2bua import B2BUA
+from pbx.core.dialplan import DialPlan
 from pbx.core.events import EventBus
 from pbx.core.location import LocationService
 from pbx.core.registrar import ExtensionDirectory, Registrar
@@ -26,7 +28,10 @@ from pbx.sip.core import SIPCore
 from pbx.sip.digest import DigestAuthenticator, NonceManager
 from pbx.sip.transaction import TimerSettings, TransactionLayer
 from pbx.sip.transport import SIPDatagramProtocol, SIPStreamFactory
+from pbx.media.portpool import PortPool
+from pbx.media.relay import MediaRelay
 from pbx.store.bindings import BindingRepository
+from pbx.store.cdr import CDRRepository
 from pbx.store.db import Database
 from pbx.store.extensions import ExtensionRepository, make_record
 
@@ -102,6 +107,28 @@ class PBXService(MultiService):
             default_expires=config.registrar.default_expires,
         )  # fmt: skip
         self.core.register_handler("REGISTER", self.registrar)
+        server = config.server
+        self.port_pool = PortPool(server.rtp_port_range_start, server.rtp_port_range_end)
+        media_host = "" if server.sip_host == "0.0.0.0" else server.sip_host
+        advertised = server.external_ip or (server.sip_host if media_host else "127.0.0.1")
+        self.relay = MediaRelay(reactor, media_host, self.port_pool, advertised)
+        self.cdr = CDRRepository(self.db)
+        self.dialplan = DialPlan.from_config(config, self.directory.__contains__)
+        features = config.features
+        self.b2bua = B2BUA(
+            self.core, self.authenticator, self.location, self.dialplan, self.relay, self.cdr, self.events, reactor,
+            sip_host=server.sip_host,
+            sip_port=server.sip_port,
+            external_ip=server.external_ip,
+            no_answer_timeout=features.no_answer_timeout,
+            max_call_duration=features.max_call_duration,
+            rtp_timeout=features.rtp_timeout,
+            max_calls_per_extension=features.max_calls_per_extension,
+            allow_unauthenticated=self.dialplan.allows_unauthenticated,
+            lookup_ha1=self.registrar.lookup_ha1,
+            t1=config.sip.timer_t1,
+            t2=config.sip.timer_t2,
+        )  # fmt: skip
         self.sip = SIPService(
             reactor, self.core, config.server.sip_host, config.server.sip_port,
             config.server.sip_tcp, config.sip.max_message_size,
@@ -135,6 +162,9 @@ class PBXService(MultiService):
 
     async def _load(self) -> None:
         await self.db.open()
+        recovered = await self.cdr.recover(self.reactor.seconds())
+        if recovered:
+            self.log.warn("closed {count} call records left open by the last run", count=len(recovered))
         realm = self.config.auth.realm
         records = [
             make_record(e.number, e.name or "", realm, e.password, e.email, e.voicemail_pin)
@@ -171,6 +201,8 @@ class PBXService(MultiService):
             self.events.emit("registration.changed", aor=aor, contacts=[b.contact for b in self.location.lookup(aor)])
 
     async def _stop(self) -> None:
+        self.b2bua.stop()
+        await self.relay.close()
         await MultiService.stopService(self)
         self.transactions.stop()
         pending = self.flush_bindings()

@@ -41,8 +41,8 @@ def register(
     return lines.encode()
 
 
-def challenge_params(response: Response, algorithm: str = "MD5") -> dict[str, str]:
-    for value in response.headers.values("WWW-Authenticate"):
+def challenge_params(response: Response, algorithm: str = "MD5", header: str = "WWW-Authenticate") -> dict[str, str]:
+    for value in response.headers.values(header):
         scheme, params = parse_auth_params(value)
         if params.get("algorithm", "MD5").upper() == algorithm:
             return params
@@ -59,8 +59,9 @@ def authorization(
     algorithm: str = "MD5",
     nc: int = 1,
     cnonce: str = "0a4f113b",
+    header: str = "WWW-Authenticate",
 ) -> str:
-    p = challenge_params(response, algorithm)
+    p = challenge_params(response, algorithm, header)
     ha1 = compute_ha1(user, p["realm"], password, algorithm)
     nc_text = f"{nc:08x}"
     digest = compute_response(ha1, method, uri, p["nonce"], algorithm, "auth", nc_text, cnonce)

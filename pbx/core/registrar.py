@@ -91,9 +91,8 @@ class Registrar:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = default_expires
-        self._lookup_ha1: Callable[[str, str], str | None] = self._ha1
-
-    def _ha1(self, username: str, algorithm: str) -> str | None:
+    def lookup_ha1(self, username: str, algorithm: str) -> str | None:
+        """The stored HA1 of an extension, for digest checks of REGISTER and INVITE."""
         record = self.directory.get(username)
         if record is None or record.realm != self.auth.realm:
             return None
@@ -105,7 +104,7 @@ class Registrar:
         if authorization is None:
             self._challenge(request, transaction, stale=False)
             return
-        result = self.auth.verify("REGISTER", authorization, self._lookup_ha1)
+        result = self.auth.verify("REGISTER", authorization, self.lookup_ha1)
         if result.outcome == "bad-request":
             raise ParseError(result.reason, reason="Bad Authorization")
         if result.outcome == "stale":

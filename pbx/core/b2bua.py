@@ -1,0 +1,841 @@
+"""Call control: a back-to-back user agent connecting two extensions.
+
+A call is leg A (the caller's INVITE, answered by the PBX as a UAS) and leg B
+(one client INVITE per registered contact of the callee: parallel forking;
+hunt groups try members in turn). Each leg has its own dialog (Call-ID, tags,
+CSeq) and its own side of a media session in the RTP relay, so the phones
+only ever see the PBX. SIP results map to the caller's final response in one
+table (`caller_status`); every call ends in exactly one call record.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.logger import Logger
+
+from pbx.core.cdr import CallRecord
+from pbx.core.dialplan import AttendantTarget, ExtensionTarget, GroupTarget, NotFound, VoicemailTarget
+from pbx.core.events import EventBus
+from pbx.core.location import Binding, LocationService
+from pbx.media.portpool import NoPortsAvailable
+from pbx.sip.digest import DigestAuthenticator
+from pbx.sip.dialog import Dialog, new_call_id, new_tag, uas_dialog, update_from_response
+from pbx.sip.errors import Forbidden, ParseError, ServiceUnavailable, SIPError, TooManyHops
+from pbx.sip.errors import NotFound as SIPNotFound
+from pbx.sip.headers import quote_string
+from pbx.sip.message import Headers, Request, Response
+from pbx.sip.sdp import Origin, SDPError, SessionDescription, connection_address, rewrite_for_relay
+from pbx.sip.transaction import ClientTransaction, ServerTransaction, new_branch
+from pbx.sip.transport import Peer
+from pbx.sip.uri import SipURI, parse_uri, unescape
+from pbx.sip.validate import max_forwards
+
+_REJECTED = frozenset({"wrong response", "unknown user"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER"
+RELAYED_IN_DIALOG = frozenset({"INVITE", "OPTIONS", "INFO", "UPDATE", "MESSAGE", "NOTIFY", "REFER"})
+
+
+class Unavailable(SIPError):
+    status = 480
+    reason = "Temporarily Unavailable"
+
+
+class BusyHere(SIPError):
+    status = 486
+    reason = "Busy Here"
+
+
+class NotAcceptableHere(SIPError):
+    status = 488
+    reason = "Not Acceptable Here"
+
+
+class ProxyAuthRequired(SIPError):
+    status = 407
+    reason = "Proxy Authentication Required"
+
+
+def caller_status(statuses: list[int]) -> tuple[int, str, str]:
+    """The caller's final answer when every fork failed: (status, reason, cause).
+
+    | forks answered                 | caller gets              | cause          |
+    |--------------------------------|--------------------------|----------------|
+    | any 603 / 6xx decline          | 603 Decline              | declined       |
+    | any 486 / 600 busy             | 486 Busy Here            | busy           |
+    | anything else (timeouts, 5xx)  | 480 Temporarily Unavail. | not-reachable  |
+    """
+    if any(s == 603 or (600 <= s < 700 and s != 600) for s in statuses):
+        return 603, "Decline", "declined"
+    if any(s in (486, 600) for s in statuses):
+        return 486, "Busy Here", "busy"
+    return 480, "Temporarily Unavailable", "not-reachable"
+
+
+@dataclass(eq=False)
+class Fork:
+    """One outgoing INVITE of leg B, to one registered contact."""
+
+    binding: Binding
+    member: str
+    request: Request
+    transaction: ClientTransaction | None = None
+    dialog: Dialog | None = None
+    provisional: bool = False
+    final: int | None = None
+    cancel_pending: bool = False
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Call:
+    id: str
+    record: CallRecord
+    a_request: Request
+    a_transaction: ServerTransaction
+    a_dialog: Dialog
+    media: Any
+    b_call_id: str
+    b_tag: str
+    b_from: str
+    b_to: str
+    a_origin: Origin
+    b_origin: Origin
+    caller: str
+    targets: list[tuple[str, list[str]]]  # (member, ...) hunt stages: [(label, members)]
+    ring_timeout: float | None = None
+    state: str = "ringing"  # ringing, answered, ended
+    forks: list[Fork] = field(default_factory=list)
+    b_dialog: Dialog | None = None
+    winner: Fork | None = None
+    ringing_sent: bool = False
+    a_acked: bool = False
+    pending: Any = None  # an in-dialog INVITE being relayed: (origin side, server transaction)
+    timers: dict[str, Any] = field(default_factory=dict)
+    retransmit: Any = None
+
+
+class B2BUA:
+    log = Logger()
+
+    def __init__(
+        self,
+        core: Any,
+        authenticator: DigestAuthenticator,
+        location: LocationService,
+        dialplan: Any,
+        relay: Any,
+        cdr: Any,
+        events: EventBus,
+        clock: Any,
+        *,
+        sip_host: str,
+        sip_port: int,
+        external_ip: str | None = None,
+        no_answer_timeout: float = 30,
+        max_call_duration: float = 14400,
+        rtp_timeout: float = 60,
+        max_calls_per_extension: int = 0,
+        allow_unauthenticated: Callable[[str], bool] = lambda number: False,
+        lookup_ha1: Callable[[str, str], str | None] | None = None,
+        t1: float = 0.5,
+        t2: float = 4.0,
+    ) -> None:
+        self.core = core
+        self.auth = authenticator
+        self.location = location
+        self.dialplan = dialplan
+        self.relay = relay
+        self.cdr = cdr
+        self.events = events
+        self.clock = clock
+        self.sip_host = sip_host
+        self.sip_port = sip_port
+        self.external_ip = external_ip
+        self.no_answer_timeout = no_answer_timeout
+        self.max_call_duration = max_call_duration
+        self.rtp_timeout = rtp_timeout
+        self.max_calls_per_extension = max_calls_per_extension
+        self.allow_unauthenticated = allow_unauthenticated
+        self.lookup_ha1 = lookup_ha1 or (lambda user, algorithm: None)
+        self.t1 = t1
+        self.t2 = t2
+        self.calls: dict[str, Call] = {}
+        self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
+        self._by_invite: dict[int, Call] = {}
+        self._local_addresses: dict[str, str] = {}
+        self.totals: dict[str, int] = {}
+        core.register_handler("INVITE", self.invite_received)
+        core.dialog_handler = self.in_dialog_request
+        core.ack_handler = self.ack_received
+        core.cancel_handler = self.cancel_received
+
+    # -- addresses -------------------------------------------------------
+
+    def advertised_host(self, peer_host: str) -> str:
+        """The address phones should send to: external_ip, the bind address,
+        or the local address the kernel would use towards this peer."""
+        if self.external_ip:
+            return self.external_ip
+        if self.sip_host not in ("0.0.0.0", "::", ""):
+            return self.sip_host
+        address = self._local_addresses.get(peer_host)
+        if address is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect((peer_host, 9))  # no packet is sent
+                    address = probe.getsockname()[0]
+                except OSError:
+                    address = "127.0.0.1"
+            self._local_addresses[peer_host] = address
+        return address
+
+    def contact(self, host: str, transport: str = "UDP") -> str:
+        suffix = ";transport=tcp" if transport == "TCP" else ""
+        return f"<sip:pbx@{host}:{self.sip_port}{suffix}>"
+
+    # -- new calls ---------------------------------------------------------
+
+    def authenticate(self, request: Request, transaction: ServerTransaction, number: str) -> str | None:
+        """The authenticated caller, or None after answering 407/403 already."""
+        credentials = request.headers.get("proxy-authorization")
+        if credentials is None:
+            if self.allow_unauthenticated(number):
+                from_uri = request.from_().uri
+                return unescape(from_uri.user) if isinstance(from_uri, SipURI) and from_uri.user else "anonymous"
+            self._challenge(request, transaction, False)
+            return None
+        result = self.auth.verify("INVITE", credentials, self.lookup_ha1)
+        if result.outcome == "ok":
+            return result.username
+        if result.outcome == "bad-request":
+            raise ParseError(result.reason, reason="Bad Proxy-Authorization")
+        if result.outcome == "failed" and result.reason in _REJECTED:
+            raise Forbidden(result.reason)
+        self._challenge(request, transaction, result.outcome == "stale")
+        return None
+
+    def _challenge(self, request: Request, transaction: ServerTransaction, stale: bool) -> None:
+        self.core.respond(
+            transaction, request, 407, "Proxy Authentication Required",
+            [("Proxy-Authenticate", value) for value in self.auth.challenges(stale=stale)],
+        )  # fmt: skip
+
+    def active_calls_of(self, extension: str) -> int:
+        return sum(
+            1 for c in self.calls.values()
+            if extension in (c.caller, c.record.callee, c.record.answered_by)
+        )  # fmt: skip
+
+    def invite_received(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
+        uri = parse_uri(request.uri)
+        if not isinstance(uri, SipURI) or not uri.user:
+            raise SIPNotFound("no number in the Request-URI", reason="Not Found")
+        number = unescape(uri.user)
+        caller = self.authenticate(request, transaction, number)
+        if caller is None:
+            return
+        if max_forwards(request) == 0:
+            raise TooManyHops("Max-Forwards reached zero")
+        content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if not request.body or content_type != "application/sdp":
+            raise NotAcceptableHere("an SDP offer is required", reason="SDP Offer Required")
+        try:
+            offer = SessionDescription.parse(request.body)
+        except SDPError as error:
+            raise NotAcceptableHere(str(error), reason="Bad SDP") from None
+        from_ = request.from_()
+        record = CallRecord(
+            call_id=uuid.uuid4().hex,
+            sip_call_id=request.call_id,
+            caller=caller,
+            caller_name=from_.display or "",
+            callee=number,
+            start=self.clock.seconds(),
+        )
+        try:
+            stages, ring_timeout, media = self._plan(caller, number)
+        except SIPError as error:
+            # Refused attempts leave a record too (who tried to call whom, and why not).
+            cause = {404: "not-found", 480: "not-registered", 486: "busy", 503: "no-ports"}.get(error.status, "rejected")
+            record.finish(record.start, "failed" if error.status != 486 else "busy", cause, "pbx")
+            self._account(cause)
+            self.cdr.close_call(record).addErrback(
+                lambda f: self.log.failure("could not write the record of call {call}", f, call=record.call_id)
+            )
+            raise
+        self._start_call(request, transaction, peer, caller, number, offer, record, stages, ring_timeout, media)
+
+    def _plan(self, caller: str, number: str) -> tuple[list[tuple[str, list[str]]], float | None, Any]:
+        """Who to ring, in which stages, and the media session; SIPError when nobody."""
+        route = self.dialplan.route(number, caller)
+        if isinstance(route, NotFound):
+            raise SIPNotFound(route.reason, reason=_reason_phrase(route.reason, "Not Found"))
+        if isinstance(route, VoicemailTarget):
+            raise Unavailable("voicemail is not available yet", reason="Voicemail Not Available")
+        if isinstance(route, AttendantTarget):
+            raise SIPNotFound("the auto attendant is not available yet", reason="Auto Attendant Not Available")
+        if isinstance(route, GroupTarget):
+            group = route.group
+            stages = (
+                [(group.number, list(group.members))]
+                if group.strategy == "ringall"
+                else [(member, [member]) for member in group.members]
+            )
+            ring_timeout = float(group.ring_timeout)
+        else:
+            assert isinstance(route, ExtensionTarget)
+            stages = [(route.number, [route.number])]
+            ring_timeout = None
+        if not any(self.location.lookup(m) for _, members in stages for m in members):
+            raise Unavailable("callee not registered", reason="Not Registered")
+        limit = self.max_calls_per_extension
+        if limit and self.active_calls_of(caller) >= limit:
+            raise BusyHere("caller has too many calls", reason="Too Many Calls")
+        try:
+            media = self.relay.create_session()
+        except NoPortsAvailable:
+            self.log.warn("no free RTP ports for a call from {caller} to {number}", caller=caller, number=number)
+            raise ServiceUnavailable("no free media ports", reason="No Media Ports") from None
+        return stages, ring_timeout, media
+
+    def _start_call(self, request: Request, transaction: ServerTransaction, peer: Peer, caller: str, number: str,
+                    offer: SessionDescription, record: CallRecord, stages: list, ring_timeout: float | None,
+                    media: Any) -> None:
+        self.core.respond(transaction, request, 100, "Trying")
+        host = self.advertised_host(peer.host)
+        call_id = record.call_id
+        display = record.caller_name
+        a_dialog = uas_dialog(request, new_tag(), peer.host, peer.port, peer.transport)
+        b_tag = new_tag()
+        name = f"{quote_string(display)} " if display else ""
+        call = Call(
+            id=call_id,
+            record=record,
+            a_request=request,
+            a_transaction=transaction,
+            a_dialog=a_dialog,
+            media=media,
+            b_call_id=new_call_id(host),
+            b_tag=b_tag,
+            b_from=f"{name}<sip:{caller}@{host}>",
+            b_to=f"<sip:{number}@{host}>",
+            a_origin=Origin(address=host),
+            b_origin=Origin(address=host),
+            caller=caller,
+            targets=stages,
+            ring_timeout=ring_timeout,
+        )
+        media.leg_a.set_remote(*_media_address(offer, peer.host))
+        self.calls[call_id] = call
+        self._dialogs[a_dialog.key] = (call, "a")
+        self._dialogs[(call.b_call_id, b_tag)] = (call, "b")
+        self._by_invite[id(transaction)] = call
+        self._start_cdr(call)
+        self.events.emit("call.incoming", **record.as_event())
+        timeout = self.no_answer_timeout
+        if timeout:
+            call.timers["no_answer"] = self.clock.callLater(timeout, self._no_answer, call)
+        self._next_stage(call)
+
+    def _next_stage(self, call: Call) -> bool:
+        """Ring the next set of members; False when none is left."""
+        while call.targets:
+            label, members = call.targets.pop(0)
+            bindings = [(m, b) for m in members for b in self.location.lookup(m)]
+            if not bindings:
+                continue
+            if call.ring_timeout:
+                stage_timer = call.timers.pop("stage", None)
+                if stage_timer is not None and stage_timer.active():
+                    stage_timer.cancel()
+                call.timers["stage"] = self.clock.callLater(call.ring_timeout, self._stage_timeout, call)
+            for member, binding in bindings:
+                self._fork(call, member, binding)
+            return True
+        return False
+
+    def _fork(self, call: Call, member: str, binding: Binding) -> None:
+        host = self.advertised_host(binding.source_host)
+        offer = SessionDescription.parse(call.a_request.body)
+        body = rewrite_for_relay(offer, host, [call.media.leg_b.rtp_port], call.b_origin)
+        headers = Headers()
+        transport = binding.transport
+        headers.add("Via", f"SIP/2.0/{transport} {host}:{self.sip_port};branch={new_branch()};rport")
+        headers.add("Max-Forwards", str(max(1, min(70, max_forwards(call.a_request) - 1))))
+        headers.add("From", f"{call.b_from};tag={call.b_tag}")
+        headers.add("To", call.b_to)
+        headers.add("Call-ID", call.b_call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", self.contact(host, transport))
+        headers.add("Allow", ALLOW)
+        headers.add("Content-Type", "application/sdp")
+        request = Request("INVITE", binding.contact, headers, body)
+        fork = Fork(binding, member, request)
+        call.forks.append(fork)
+        send = self.core.sender(transport, binding.source_host, binding.source_port)
+        fork.transaction = self.core.transactions.create_client(
+            request, send, transport != "UDP",
+            lambda response, f=fork: self._fork_response(call, f, response),
+            lambda f=fork: self._fork_failed(call, f, 408),
+            on_transport_error=lambda f=fork: self._fork_failed(call, f, 503),
+        )  # fmt: skip
+
+    # -- leg B responses ---------------------------------------------------
+
+    def _fork_response(self, call: Call, fork: Fork, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status == 100:
+                return
+            fork.provisional = True
+            if fork.cancel_pending:
+                self._send_cancel(fork)
+                return
+            if call.state != "ringing":
+                return
+            self._early(call, fork, response)
+            return
+        if status < 300:
+            self._fork_answered(call, fork, response)
+            return
+        self._fork_failed(call, fork, status)
+
+    def _early(self, call: Call, fork: Fork, response: Response) -> None:
+        """Relay 180, or 183 with early media, to the caller."""
+        if response.body and response.status == 183:
+            try:
+                answer = SessionDescription.parse(response.body)
+            except SDPError:
+                return
+            call.media.leg_b.set_remote(*_media_address(answer, fork.binding.source_host))
+            reply = self._a_response(call, 183, "Session Progress")
+            reply.body = rewrite_for_relay(answer, call.a_origin.address, [call.media.leg_a.rtp_port], call.a_origin)
+            reply.headers.add("Content-Type", "application/sdp")
+            call.a_transaction.respond(reply)
+            call.ringing_sent = True
+        elif not call.ringing_sent:
+            call.ringing_sent = True
+            call.a_transaction.respond(self._a_response(call, 180, "Ringing"))
+
+    def _a_response(self, call: Call, status: int, reason: str) -> Response:
+        response = self.core.response(call.a_request, status, reason)
+        to = call.a_request.headers.get("to") or ""
+        response.headers.set("To", f"{to};tag={call.a_dialog.local_tag}")
+        if 100 < status < 300:
+            response.headers.add("Contact", self.contact(call.a_origin.address, call.a_dialog.transport))
+            response.headers.add("Allow", ALLOW)
+        return response
+
+    def _fork_answered(self, call: Call, fork: Fork, response: Response) -> None:
+        dialog = Dialog(
+            call_id=call.b_call_id,
+            local_tag=call.b_tag,
+            local_uri=call.b_from,
+            remote_uri=call.b_to,
+            local_cseq=1,
+            transport=fork.binding.transport,
+            host=fork.binding.source_host,
+            port=fork.binding.source_port,
+            remote_target=fork.binding.contact,
+        )
+        update_from_response(dialog, response)
+        self._ack(dialog, 1)
+        if call.state != "ringing" or call.winner is not None:
+            # A second fork answered too late, or the caller gave up: hang it up.
+            self._bye(dialog)
+            return
+        fork.final = response.status
+        try:
+            answer = SessionDescription.parse(response.body)
+        except SDPError:
+            self._bye(dialog)
+            self._fork_failed(call, fork, 488)
+            return
+        call.winner = fork
+        call.b_dialog = dialog
+        call.state = "answered"
+        for other in call.forks:
+            if other is not fork:
+                self._cancel_fork(other)
+        call.media.leg_b.set_remote(*_media_address(answer, fork.binding.source_host))
+        reply = self._a_response(call, 200, "OK")
+        reply.body = rewrite_for_relay(answer, call.a_origin.address, [call.media.leg_a.rtp_port], call.a_origin)
+        reply.headers.add("Content-Type", "application/sdp")
+        call.record.answer = self.clock.seconds()
+        call.record.answered_by = fork.member
+        self._cancel_timer(call, "no_answer")
+        self._cancel_timer(call, "stage")
+        self._send_2xx(call, call.a_transaction, reply, lambda: self._no_ack(call))
+        self._update_cdr(call)
+
+    def _fork_failed(self, call: Call, fork: Fork, status: int) -> None:
+        if fork.final is not None:
+            return
+        fork.final = status
+        if call.state != "ringing":
+            return
+        if any(f.final is None for f in call.forks):
+            return
+        if call.targets and self._next_stage(call):
+            return
+        code, reason, cause = caller_status([f.final or 480 for f in call.forks])
+        self._fail(call, code, reason, cause)
+
+    def _stage_timeout(self, call: Call) -> None:
+        call.timers.pop("stage", None)
+        if call.state != "ringing":
+            return
+        for fork in call.forks:
+            self._cancel_fork(fork)
+        if not self._next_stage(call):
+            self._fail(call, 408, "Request Timeout", "no-answer", disposition="missed")
+
+    def _no_answer(self, call: Call) -> None:
+        call.timers.pop("no_answer", None)
+        if call.state != "ringing":
+            return
+        self._fail(call, 408, "Request Timeout", "no-answer", disposition="missed")
+        for fork in call.forks:
+            self._cancel_fork(fork)
+
+    def _fail(self, call: Call, status: int, reason: str, cause: str, disposition: str | None = None) -> None:
+        if call.state == "ended":
+            return
+        call.a_transaction.respond(self._a_response(call, status, reason))
+        if disposition is None:
+            disposition = {486: "busy", 603: "missed", 487: "cancelled"}.get(status, "failed")
+            if status in (408, 480) and cause in ("no-answer",):
+                disposition = "missed"
+        self._end(call, disposition, cause, "pbx" if status != 486 else "callee")
+
+    # -- CANCEL ------------------------------------------------------------
+
+    def cancel_received(self, invite: ServerTransaction, cancel: Request) -> None:
+        call = self._by_invite.get(id(invite))
+        if call is None or call.state != "ringing":
+            return
+        call.a_transaction.respond(self._a_response(call, 487, "Request Terminated"))
+        self._end(call, "cancelled", "caller-cancel", "caller")
+        for fork in call.forks:
+            self._cancel_fork(fork)
+
+    def _cancel_fork(self, fork: Fork) -> None:
+        """Give up on a fork: it counts as finished now, and gets a CANCEL."""
+        if fork.final is not None or fork.cancelled:
+            return
+        fork.final = 487
+        if not fork.provisional:
+            fork.cancel_pending = True  # RFC 3261 §9.1: only after a provisional
+            return
+        self._send_cancel(fork)
+
+    def _send_cancel(self, fork: Fork) -> None:
+        if fork.cancelled:
+            return
+        fork.cancelled = True
+        invite = fork.request
+        headers = Headers()
+        headers.add("Via", invite.headers.get("via") or "")
+        headers.add("Max-Forwards", "70")
+        for name in ("From", "To", "Call-ID"):
+            headers.add(name, invite.headers.get(name) or "")
+        headers.add("CSeq", f"{invite.cseq.number} CANCEL")
+        cancel = Request("CANCEL", invite.uri, headers)
+        binding = fork.binding
+        try:
+            self.core.transactions.create_client(
+                cancel, self.core.sender(binding.transport, binding.source_host, binding.source_port),
+                binding.transport != "UDP", lambda response: None, lambda: None,
+            )  # fmt: skip
+        except ValueError:
+            pass
+
+    # -- ACK, BYE and other in-dialog requests -----------------------------
+
+    def _find(self, request: Request) -> tuple[Call, str] | None:
+        to = request.to()
+        if not to.tag:
+            return None
+        return self._dialogs.get((request.call_id, to.tag))
+
+    def ack_received(self, request: Request, peer: Peer) -> None:
+        try:
+            found = self._find(request)
+        except SIPError:
+            return
+        if found is None:
+            return
+        call, side = found
+        if side == "a" and call.retransmit is not None:
+            self._stop_retransmit(call)
+            if not call.a_acked:
+                call.a_acked = True
+                self._call_up(call)
+
+    def _call_up(self, call: Call) -> None:
+        self.events.emit("call.answered", **call.record.as_event())
+        if self.max_call_duration:
+            call.timers["max_duration"] = self.clock.callLater(self.max_call_duration, self._hangup, call, "max-duration")
+        if self.rtp_timeout:
+            call.timers["rtp"] = self.clock.callLater(self.rtp_timeout, self._check_rtp, call)
+
+    def _check_rtp(self, call: Call) -> None:
+        call.timers.pop("rtp", None)
+        if call.state != "answered":
+            return
+        idle = self.clock.seconds() - max(call.media.last_activity or 0, call.record.answer or 0)
+        if idle >= self.rtp_timeout:
+            self._hangup(call, "rtp-timeout")
+        else:
+            call.timers["rtp"] = self.clock.callLater(self.rtp_timeout - idle, self._check_rtp, call)
+
+    def in_dialog_request(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
+        found = self._find(request)
+        if found is None:
+            self.core.respond(transaction, request, 481, "Call/Transaction Does Not Exist")
+            return
+        call, side = found
+        dialog = call.a_dialog if side == "a" else call.b_dialog
+        if dialog is None:
+            self.core.respond(transaction, request, 481, "Call/Transaction Does Not Exist")
+            return
+        if not dialog.check_remote_cseq(request):
+            self.core.respond(transaction, request, 500, "CSeq Out of Order")
+            return
+        if request.method == "BYE":
+            self.core.respond(transaction, request, 200, "OK")
+            other = call.b_dialog if side == "a" else call.a_dialog
+            if other is not None:
+                self._bye(other)
+            self._end(call, "answered", "normal", "caller" if side == "a" else "callee")
+            return
+        if request.method not in RELAYED_IN_DIALOG or call.state != "answered":
+            raise_method = request.method != "INVITE"
+            self.core.respond(transaction, request, 405 if raise_method else 491,
+                              "Method Not Allowed" if raise_method else "Request Pending", [("Allow", ALLOW)])
+            return
+        if request.method == "INVITE" and call.pending is not None:
+            self.core.respond(transaction, request, 491, "Request Pending")
+            return
+        self._relay(call, side, request, transaction)
+
+    def _relay(self, call: Call, side: str, request: Request, transaction: ServerTransaction) -> None:
+        """Pass an in-dialog request to the other leg; its answer comes back."""
+        other_side = "b" if side == "a" else "a"
+        target = call.b_dialog if other_side == "b" else call.a_dialog
+        assert target is not None
+        body = request.body
+        content_type = request.headers.get("content-type")
+        if body and (content_type or "").lower().startswith("application/sdp"):
+            try:
+                offer = SessionDescription.parse(body)
+            except SDPError:
+                self.core.respond(transaction, request, 488, "Not Acceptable Here")
+                return
+            this_leg = call.media.leg_a if side == "a" else call.media.leg_b
+            source = call.a_dialog if side == "a" else call.b_dialog
+            this_leg.update_remote(*_media_address(offer, source.host))
+            other_leg = call.media.leg_b if side == "a" else call.media.leg_a
+            origin = call.b_origin if side == "a" else call.a_origin
+            body = rewrite_for_relay(offer, origin.address, [other_leg.rtp_port], origin)
+        host = (call.b_origin if other_side == "b" else call.a_origin).address
+        outgoing = target.request(request.method, host, self.sip_port, self.contact(host, target.transport),
+                                  body=body, content_type=content_type if body else None)
+        for name in ("Event", "Subscription-State", "Refer-To", "Info-Package", "Accept"):
+            value = request.headers.get(name)
+            if value is not None:
+                outgoing.headers.add(name, value)
+        if request.method == "INVITE":
+            call.pending = (side, transaction)
+
+        def on_response(response: Response) -> None:
+            if response.status < 200 and response.status != 183:
+                return
+            if request.method == "INVITE" and response.status >= 200:
+                call.pending = None
+                if response.status < 300:
+                    update_from_response(target, response)
+                    self._ack(target, outgoing.cseq.number)
+            reply = self.core.response(request, response.status, response.reason)
+            if response.status > 100 and 200 <= response.status < 300 and request.method == "INVITE":
+                own = call.a_dialog if side == "a" else call.b_dialog
+                reply.headers.set("To", f"{request.headers.get('to')}")
+                reply.headers.add("Contact", self.contact((call.a_origin if side == "a" else call.b_origin).address, own.transport))
+            if response.body and (response.headers.get("content-type") or "").lower().startswith("application/sdp"):
+                try:
+                    answer = SessionDescription.parse(response.body)
+                except SDPError:
+                    answer = None
+                if answer is not None:
+                    other_leg = call.media.leg_b if side == "a" else call.media.leg_a
+                    this_leg = call.media.leg_a if side == "a" else call.media.leg_b
+                    other_leg.update_remote(*_media_address(answer, target.host))
+                    origin = call.a_origin if side == "a" else call.b_origin
+                    reply.body = rewrite_for_relay(answer, origin.address, [this_leg.rtp_port], origin)
+                    reply.headers.add("Content-Type", "application/sdp")
+            elif response.body:
+                reply.body = response.body
+                reply.headers.add("Content-Type", response.headers.get("content-type") or "application/octet-stream")
+            if request.method == "INVITE" and 200 <= response.status < 300:
+                self._send_2xx(call, transaction, reply, lambda: None)
+            else:
+                transaction.respond(reply)
+
+        def on_timeout() -> None:
+            if request.method == "INVITE":
+                call.pending = None
+            transaction.respond(self.core.response(request, 408, "Request Timeout"))
+
+        self.core.transactions.create_client(
+            outgoing, self.core.sender(target.transport, target.host, target.port), target.transport != "UDP",
+            on_response, on_timeout,
+        )  # fmt: skip
+
+    # -- requests the PBX originates --------------------------------------
+
+    def _ack(self, dialog: Dialog, cseq: int) -> None:
+        host = self.advertised_host(dialog.host)
+        ack = dialog.request("ACK", host, self.sip_port, self.contact(host, dialog.transport), cseq=cseq)
+        try:
+            self.core.send(ack.to_bytes(), dialog.transport, dialog.host, dialog.port)
+        except ConnectionError:
+            self.log.warn("could not send ACK to {host}:{port}", host=dialog.host, port=dialog.port)
+
+    def _bye(self, dialog: Dialog) -> None:
+        host = self.advertised_host(dialog.host)
+        bye = dialog.request("BYE", host, self.sip_port, self.contact(host, dialog.transport))
+        try:
+            self.core.transactions.create_client(
+                bye, self.core.sender(dialog.transport, dialog.host, dialog.port), dialog.transport != "UDP",
+                lambda response: None, lambda: None,
+            )  # fmt: skip
+        except ValueError:
+            pass
+
+    def _send_2xx(self, call: Call, transaction: ServerTransaction, response: Response, on_give_up) -> None:
+        """Send a 2xx and retransmit it until the ACK (RFC 3261 §13.3.1.4)."""
+        transaction.respond(response)
+        if transaction.reliable:
+            if transaction is call.a_transaction and not call.a_acked:
+                call.retransmit = ("reliable", None)
+            return
+        state = {"interval": self.t1, "elapsed": 0.0}
+
+        def again() -> None:
+            state["elapsed"] += state["interval"]
+            if state["elapsed"] >= 64 * self.t1:
+                call.retransmit = None
+                on_give_up()
+                return
+            transaction.respond(response)
+            state["interval"] = min(state["interval"] * 2, self.t2)
+            call.retransmit = self.clock.callLater(state["interval"], again)
+
+        self._stop_retransmit(call)
+        call.retransmit = self.clock.callLater(self.t1, again)
+
+    def _stop_retransmit(self, call: Call) -> None:
+        pending = call.retransmit
+        call.retransmit = None
+        if pending is not None and not isinstance(pending, tuple) and pending.active():
+            pending.cancel()
+
+    def _no_ack(self, call: Call) -> None:
+        if call.state == "answered" and not call.a_acked:
+            self._hangup(call, "no-ack")
+
+    def _hangup(self, call: Call, cause: str) -> None:
+        """The PBX ends an established call: BYE both ways."""
+        if call.state == "ended":
+            return
+        call.timers.pop(cause, None)
+        for dialog in (call.a_dialog, call.b_dialog):
+            if dialog is not None:
+                self._bye(dialog)
+        self._end(call, "answered" if call.record.answer else "failed", cause, "pbx")
+
+    def hangup(self, call_id: str) -> bool:
+        """Hang up a call from outside (the REST API); False if there is none."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        if call.state == "ringing":
+            call.a_transaction.respond(self._a_response(call, 487, "Request Terminated"))
+            self._end(call, "cancelled", "admin", "pbx")
+            for fork in call.forks:
+                self._cancel_fork(fork)
+        else:
+            self._hangup(call, "admin")
+        return True
+
+    # -- the end -----------------------------------------------------------
+
+    def _cancel_timer(self, call: Call, name: str) -> None:
+        timer = call.timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _end(self, call: Call, disposition: str, cause: str, side: str | None) -> None:
+        if call.state == "ended":
+            return
+        call.state = "ended"
+        for name in list(call.timers):
+            self._cancel_timer(call, name)
+        self._stop_retransmit(call)
+        record = call.record
+        record.finish(self.clock.seconds(), disposition, cause, side)
+        self.calls.pop(call.id, None)
+        self._dialogs.pop(call.a_dialog.key, None)
+        self._dialogs.pop((call.b_call_id, call.b_tag), None)
+        self._by_invite.pop(id(call.a_transaction), None)
+        stats = call.media.stats()
+        d = call.media.close()
+        if d is not None:
+            d.addErrback(lambda f: self.log.failure("closing media of call {call}", f, call=call.id))
+        self._account(disposition)
+        d = self.cdr.close_call(record)
+        d.addErrback(lambda f: self.log.failure("could not write the record of call {call}", f, call=call.id))
+        self.events.emit("call.ended", **record.as_event(), media=stats)
+
+    def _start_cdr(self, call: Call) -> None:
+        d = self.cdr.open_call(call.record)
+        d.addErrback(lambda f: self.log.failure("could not open the record of call {call}", f, call=call.id))
+
+    def _update_cdr(self, call: Call) -> None:
+        d = self.cdr.update_open(call.record)
+        d.addErrback(lambda f: self.log.failure("could not update the record of call {call}", f, call=call.id))
+
+    def _account(self, what: str) -> None:
+        self.totals[what] = self.totals.get(what, 0) + 1
+
+    def stop(self) -> None:
+        """On shut-down: every call still up ends (records are written, media closed)."""
+        for call in list(self.calls.values()):
+            if call.state == "ringing":
+                call.a_transaction.respond(self._a_response(call, 503, "Service Unavailable"))
+                self._end(call, "failed", "shutdown", "pbx")
+                for fork in call.forks:
+                    self._cancel_fork(fork)
+            else:
+                self._hangup(call, "shutdown")
+
+
+def _media_address(sdp: SessionDescription, fallback_host: str) -> tuple[str, int]:
+    """Where a phone said it receives audio (the first audio stream)."""
+    for media in sdp.media:
+        if media.media == "audio" and media.port:
+            address = connection_address(sdp, media) or fallback_host
+            if address in ("0.0.0.0", ""):
+                address = fallback_host
+            return address, media.port
+    return fallback_host, 0
+
+
+def _reason_phrase(text: str, default: str) -> str:
+    return text[:1].upper() + text[1:] if text else default
+
