@@ -29,7 +29,16 @@ from pbx.sip.errors import Forbidden, ParseError, ServiceUnavailable, SIPError, 
 from pbx.sip.errors import NotFound as SIPNotFound
 from pbx.sip.headers import quote_string
 from pbx.sip.message import Headers, Request, Response
-from pbx.sip.sdp import Origin, SDPError, SessionDescription, connection_address, rewrite_for_relay
+from pbx.sip.sdp import (
+    Origin,
+    SDPError,
+    SessionDescription,
+    connection_address,
+    direction,
+    is_hold,
+    rewrite_for_relay,
+    set_direction,
+)
 from pbx.sip.transaction import ClientTransaction, ServerTransaction, new_branch
 from pbx.sip.transport import Peer
 from pbx.sip.uri import SipURI, parse_uri, unescape
@@ -642,6 +651,12 @@ class B2BUA:
             this_leg.update_remote(*_media_address(offer, source.host))
             other_leg = call.media.leg_b if side == "a" else call.media.leg_a
             origin = call.b_origin if side == "a" else call.a_origin
+            if is_hold(offer):
+                # RFC 2543 hold (c=0.0.0.0) must stay hold once the relay's
+                # address replaces 0.0.0.0: say it with a direction instead.
+                for index, media in enumerate(offer.media):
+                    if connection_address(offer, media) == "0.0.0.0" and direction(offer, media) == "sendrecv":
+                        offer = set_direction(offer, index, "sendonly")
             body = rewrite_for_relay(offer, origin.address, [other_leg.rtp_port], origin)
         host = (call.b_origin if other_side == "b" else call.a_origin).address
         outgoing = target.request(request.method, host, self.sip_port, self.contact(host, target.transport),
