@@ -6,6 +6,7 @@ They only move bytes: parsing, matching and answering happen in
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -16,6 +17,8 @@ from pbx.sip.message import StreamFramer
 
 if TYPE_CHECKING:
     from pbx.sip.core import SIPCore
+
+UDP_BUFFER_SIZE = 4 * 1024 * 1024
 
 
 class Peer:
@@ -50,6 +53,14 @@ class SIPDatagramProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.core.udp_transport = self.transport
+        # A deep receive buffer rides out short pauses (a GC pass, a burst of
+        # registrations) without the kernel dropping datagrams. The kernel caps
+        # it at net.core.rmem_max.
+        try:
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER_SIZE)
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UDP_BUFFER_SIZE)
+        except (AttributeError, OSError):
+            self.log.warn("could not enlarge the SIP UDP socket buffers")
 
     def stopProtocol(self) -> None:
         if self.core.udp_transport is self.transport:
