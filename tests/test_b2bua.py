@@ -278,3 +278,27 @@ def test_max_call_duration_hangs_up_both_sides(w):
     w.clock.advance(3600)
     assert w.alice.requests("BYE") and w.bob.requests("BYE")
     assert w.cdr.closed[0].hangup_cause == "max-duration"
+
+
+def test_rtp_inactivity_ends_the_call(w):
+    w.pbx.b2bua.rtp_timeout = 60
+    answered_call(w)
+    session = w.relay.open[0]
+    w.clock.advance(30)
+    session.last_activity = w.clock.seconds()  # audio flows until t=30
+    w.clock.advance(59)
+    assert not w.alice.requests("BYE")
+    w.clock.advance(2)
+    assert w.alice.requests("BYE") and w.bob.requests("BYE")
+    assert w.cdr.closed[0].hangup_cause == "rtp-timeout"
+
+
+def test_second_fork_answering_late_is_acked_and_hung_up(w):
+    w.register(w.bob)
+    w.register(w.carol)
+    w.alice.call("2000")
+    body = b"v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 20002 RTP/AVP 0\r\n"
+    w.carol.reply(w.carol.last_invite, 200, "OK", body, tag="caroltag")
+    w.bob.reply(w.bob.last_invite, 200, "OK", body, tag="bobtag")
+    assert w.bob.requests("ACK") and w.bob.requests("BYE")
+    assert not w.carol.requests("BYE")
