@@ -206,3 +206,9 @@ def test_response_goes_to_source_port_with_rport(h):
 def test_to_must_be_a_sip_uri(h):
     data = register("1001").replace(b"To: <sip:1001@127.0.0.1:5060>", b"To: <tel:+15551001>")
     assert h.send(data).status == 400
+
+
+@pytest.mark.parametrize("contact", ['"Joe" <sip:joe@example.org>;;;;', "<sip:a@h", "sip:u@h?Route=x"])
+def test_malformed_contact_is_400_after_authentication(h, contact):
+    assert h.send(register("1001", contact=contact)).status == 401
+    assert h.register("1001", "secret1001", contact=contact, cseq=3).status == 400

@@ -63,7 +63,10 @@ def check_request(request: Request) -> None:
         raise ParseError("CSeq method does not match the request", reason="CSeq Method Mismatch")
     if not isinstance(uri, SipURI):
         raise UnsupportedURIScheme(f"scheme {uri.scheme} not supported")
-    request.contacts()
+    if request.method != "REGISTER":
+        # A registrar parses its Contacts after authentication: a challenge
+        # should cost a scanner's or phone's first REGISTER as little as possible.
+        request.contacts()
     if request.method in ("ACK", "CANCEL"):
         return
     unsupported = [tag for tag in headers.get_list("require") if tag.lower() not in SUPPORTED_EXTENSIONS]
