@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from pbx.core.auth import DigestGate
 from pbx.core.cdr import CallRecord
 from pbx.core.dialplan import AttendantTarget, ExtensionTarget, GroupTarget, NotFound, VoicemailTarget
 from pbx.core.events import EventBus
@@ -25,7 +26,7 @@ from pbx.core.location import Binding, LocationService
 from pbx.media.portpool import NoPortsAvailable
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.dialog import Dialog, new_call_id, new_tag, uas_dialog, update_from_response
-from pbx.sip.errors import Forbidden, ParseError, ServiceUnavailable, SIPError, TooManyHops
+from pbx.sip.errors import ServiceUnavailable, SIPError, TooManyHops
 from pbx.sip.errors import NotFound as SIPNotFound
 from pbx.sip.headers import quote_string
 from pbx.sip.message import Headers, Request, Response
@@ -44,7 +45,6 @@ from pbx.sip.transport import Peer
 from pbx.sip.uri import SipURI, parse_uri, unescape
 from pbx.sip.validate import max_forwards
 
-_REJECTED = frozenset({"wrong response", "unknown user"})
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER"
 RELAYED_IN_DIALOG = frozenset({"INVITE", "OPTIONS", "INFO", "UPDATE", "MESSAGE", "NOTIFY", "REFER"})
 
@@ -155,7 +155,6 @@ class B2BUA:
         t2: float = 4.0,
     ) -> None:
         self.core = core
-        self.auth = authenticator
         self.location = location
         self.dialplan = dialplan
         self.relay = relay
@@ -170,7 +169,7 @@ class B2BUA:
         self.rtp_timeout = rtp_timeout
         self.max_calls_per_extension = max_calls_per_extension
         self.allow_unauthenticated = allow_unauthenticated
-        self.lookup_ha1 = lookup_ha1 or (lambda user, algorithm: None)
+        self.gate = DigestGate(core, authenticator, lookup_ha1 or (lambda user, algorithm: None))
         self.t1 = t1
         self.t2 = t2
         self.calls: dict[str, Call] = {}
@@ -210,29 +209,11 @@ class B2BUA:
     # -- new calls ---------------------------------------------------------
 
     def authenticate(self, request: Request, transaction: ServerTransaction, number: str) -> str | None:
-        """The authenticated caller, or None after answering 407/403 already."""
-        credentials = request.headers.get("proxy-authorization")
-        if credentials is None:
-            if self.allow_unauthenticated(number):
-                from_uri = request.from_().uri
-                return unescape(from_uri.user) if isinstance(from_uri, SipURI) and from_uri.user else "anonymous"
-            self._challenge(request, transaction, False)
-            return None
-        result = self.auth.verify("INVITE", credentials, self.lookup_ha1)
-        if result.outcome == "ok":
-            return result.username
-        if result.outcome == "bad-request":
-            raise ParseError(result.reason, reason="Bad Proxy-Authorization")
-        if result.outcome == "failed" and result.reason in _REJECTED:
-            raise Forbidden(result.reason)
-        self._challenge(request, transaction, result.outcome == "stale")
-        return None
-
-    def _challenge(self, request: Request, transaction: ServerTransaction, stale: bool) -> None:
-        self.core.respond(
-            transaction, request, 407, "Proxy Authentication Required",
-            [("Proxy-Authenticate", value) for value in self.auth.challenges(stale=stale)],
-        )  # fmt: skip
+        """The caller, or None once a 407 has been sent (Forbidden for wrong credentials)."""
+        if request.headers.get("proxy-authorization") is None and self.allow_unauthenticated(number):
+            from_uri = request.from_().uri
+            return unescape(from_uri.user) if isinstance(from_uri, SipURI) and from_uri.user else "anonymous"
+        return self.gate.check(request, transaction, proxy=True)
 
     def active_calls_of(self, extension: str) -> int:
         return sum(

@@ -6,11 +6,11 @@ same challenge, and the same 403, as a known one with a wrong password.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
+from pbx.core.auth import DigestGate
 from pbx.core.events import EventBus
 from pbx.core.location import Binding, LocationService
 from pbx.sip.digest import DigestAuthenticator
@@ -21,10 +21,6 @@ from pbx.sip.transport import Peer
 from pbx.sip.uri import SipURI, unescape
 from pbx.store.extensions import ExtensionRecord
 
-# Verification failures that mean "these credentials are wrong" (403); every
-# other failure (foreign nonce after a restart, other scheme, replay) gets a
-# fresh challenge instead.
-_REJECTED = frozenset({"wrong response", "unknown user"})
 _MAX_EXPIRES_TEXT = 10
 NameAddrParams = dict[str, str | None]
 
@@ -84,6 +80,7 @@ class Registrar:
     ) -> None:
         self.core = core
         self.auth = authenticator
+        self.gate = DigestGate(core, authenticator, self.lookup_ha1)
         self.directory = directory
         self.location = location
         self.events = events
@@ -100,34 +97,12 @@ class Registrar:
 
     def __call__(self, request: Request, transaction: ServerTransaction, peer: Peer) -> None:
         aor = address_of_record(request)
-        authorization = request.headers.get("authorization")
-        if authorization is None:
-            self._challenge(request, transaction, stale=False)
+        username = self.gate.check(request, transaction, proxy=False)
+        if username is None:
             return
-        result = self.auth.verify("REGISTER", authorization, self.lookup_ha1)
-        if result.outcome == "bad-request":
-            raise ParseError(result.reason, reason="Bad Authorization")
-        if result.outcome == "stale":
-            self._challenge(request, transaction, stale=True)
-            return
-        if result.outcome == "failed":
-            if result.reason in _REJECTED:
-                self.log.info(
-                    "REGISTER rejected for {aor} from {host}:{port}: {reason}",
-                    aor=aor, host=peer.host, port=peer.port, reason=result.reason,
-                )  # fmt: skip
-                raise Forbidden(result.reason)
-            self._challenge(request, transaction, stale=False)
-            return
-        if result.username != aor:
+        if username != aor:
             raise Forbidden("credentials do not match the address of record")
         self._update(request, transaction, peer, aor)
-
-    def _challenge(self, request: Request, transaction: ServerTransaction, stale: bool) -> None:
-        self.core.respond(
-            transaction, request, 401, "Unauthorized",
-            [("WWW-Authenticate", value) for value in self.auth.challenges(stale=stale)],
-        )  # fmt: skip
 
     def _expires_header(self, request: Request) -> int | None:
         value = request.headers.get("expires")
