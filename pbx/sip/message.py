@@ -297,7 +297,8 @@ def parse_head(head: bytes) -> Request | Response:
     if text.count("\n") != len(lines) - 1 or text.count("\r") != (len(lines) - 1 if "\r\n" in text else 0):
         raise ParseError("stray CR or LF in the header section")
     message = _parse_start_line(lines[0])
-    headers = message.headers
+    add = message.headers.add
+    known = _KEYS  # names seen before are valid tokens: skip the regex
     name = value = None
     for line in lines[1:]:
         if not line:
@@ -310,14 +311,17 @@ def parse_head(head: bytes) -> Request | Response:
                 value = f"{value} {more}" if value else more
             continue
         if name is not None:
-            headers.add(name, value)
+            add(name, value)
         name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not _NAME_RE.match(name):
+        if name not in known:
+            name = name.rstrip(" \t")
+            if not colon or not _NAME_RE.match(name):
+                raise ParseError(f"bad header line {line[:40]!r}")
+        elif not colon:
             raise ParseError(f"bad header line {line[:40]!r}")
         value = value.strip(" \t")
     if name is not None:
-        headers.add(name, value)
+        add(name, value)
     return message
 
 
