@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybe
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from pbx.api import APIStartupError, make_api_service
 from pbx.config import Config
 from pbx.core.b2bua import B2BUA
 from pbx.core.dialplan import DialPlan
@@ -143,13 +144,15 @@ class PBXService(MultiService):
             timer = TimerService(interval, call)
             timer.clock = reactor
             timer.setServiceParent(self)
+        self.api = make_api_service(self, reactor)
+        self.api.setServiceParent(self)
         self.ready: Deferred[None] | None = None
         self._loaded = False
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except StartupError as error:
+        except (StartupError, APIStartupError) as error:
             # twistd has already turned sys.stderr into a log file; the user
             # must see this line on the terminal.
             self.log.critical("{error}", error=str(error))

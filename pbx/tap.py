@@ -13,6 +13,8 @@ from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from pbx.api.errors import APIStartupError
+from pbx.api.service import check_api_config
 from pbx.config import ConfigError, load_config
 from pbx.ports import build_port_plan, find_conflicts
 
@@ -32,6 +34,10 @@ class Options(usage.Options):
         conflicts = find_conflicts(build_port_plan(self.pbx_config))
         if conflicts:
             _fail("port conflict: " + "; ".join(conflicts))
+        try:
+            check_api_config(self.pbx_config.api)
+        except APIStartupError as error:
+            _fail(str(error))
 
 
 def _fail(message: str) -> None:

@@ -63,3 +63,31 @@ def test_sigterm_stops_cleanly_within_five_seconds(tmp_path):
     log = pbx.log()
     assert "PBX stopped" in log and "Main loop terminated" in log
     assert options_ping(pbx.sip_port, 0.3) is None
+
+
+def test_api_without_tokens_on_a_public_address_refuses_to_start(tmp_path):
+    result = run_twistd(tmp_path, {
+        "server": {"sip_host": "127.0.0.1", "sip_port": free_port()},
+        "api": {"host": "0.0.0.0", "port": free_port(), "tokens": []},
+        "database": {"path": str(tmp_path / "pbx.db")},
+    })
+    assert result.returncode != 0
+    assert "api.tokens:" in result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+def test_rest_api_is_served_in_the_same_process(tmp_path):
+    import json
+    import urllib.request
+
+    with PBXProcess(tmp_path, api={"tokens": ["t0ken-for-tests"]}) as pbx:
+        with urllib.request.urlopen(f"http://127.0.0.1:{pbx.api_port}/api/health", timeout=5) as answer:
+            health = json.load(answer)
+        assert health["status"] == "ok"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{pbx.api_port}/api/extensions",
+            headers={"Authorization": "Bearer t0ken-for-tests"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            body = json.load(answer)
+        assert [e["number"] for e in body["items"]] == ["1001", "1002", "1003"] and body["total"] == 3
+        assert not any("password" in e or "ha1_md5" in e for e in body["items"])

@@ -1,0 +1,193 @@
+"""The OpenAPI 3.1 document of the REST API, served at /api/openapi.json.
+
+Built from one table (`OPERATIONS`) and the schemas that also validate the
+request bodies (pbx.api.schemas), so the document cannot drift from what
+the handlers accept.  A test checks that every route of the Klein apps is in
+the table and that the document is valid OpenAPI 3.1.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from pbx.api.integrations import INTEGRATION_ROUTES
+from pbx.api.schemas import NUMBER, SCHEMAS
+from pbx.core.cdr import DISPOSITIONS
+
+__all__ = ["OPERATIONS", "Operation", "build_document"]
+
+_ERRORS = {
+    400: "Bad input; `field` names it.",
+    401: "Missing or wrong bearer token.",
+    403: "Not allowed (e.g. an extension from the configuration file).",
+    404: "No such resource.",
+    405: "Method not allowed (see Allow).",
+    409: "Conflict: the resource exists already.",
+    413: "Request body larger than the limit (64 KiB).",
+    415: "Request body is not application/json.",
+    500: "Unexpected error; the body carries `request_id`, the traceback is in the log.",
+    501: "Not implemented yet.",
+    502: "The upstream service failed.",
+    503: "The integration is not enabled, or the PBX is still starting (then with Retry-After).",
+    504: "The upstream service timed out.",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    ok: int = 200
+    ok_schema: str | None = None
+    ok_description: str = "Success."
+    body: str | None = None
+    errors: tuple[int, ...] = ()
+    parameters: tuple[dict[str, Any], ...] = ()
+    public: bool = False
+    extra_content: dict[str, Any] = field(default_factory=dict)
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "schema": dict(NUMBER),
+                 "description": "The extension number."}
+_CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "The PBX's id of the call (not a SIP Call-ID)."}
+_CDR_PARAMS = (
+    _query("extension", {"type": "string", "minLength": 1, "maxLength": 64},
+           "Calls where this number is the caller, the callee or the member that answered."),
+    _query("from", {"type": "string"}, "ISO 8601 date or date-time (UTC if no zone): calls that started at or after."),
+    _query("to", {"type": "string"},
+           "ISO 8601 date or date-time: calls that started before it; a bare date includes that whole day."),
+    _query("disposition", {"type": "string", "enum": list(DISPOSITIONS)}, "Only calls with this outcome."),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100000},
+           "Page size: default 100, at most 1000 (CSV: default 10000, at most 100000)."),
+    _query("offset", {"type": "integer", "minimum": 0}, "Records to skip (newest first)."),
+    _query("format", {"type": "string", "enum": ["json", "csv"]}, "csv: the same records as CSV (or send Accept: text/csv)."),
+)  # fmt: skip
+_BODY_ERRORS = (400, 413, 415)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("GET", "/api/health", "getHealth", "Liveness: status, version, uptime (no token needed)", "system",
+              ok_schema="Health", public=True),
+    Operation("GET", "/api/status", "getStatus", "Registered extensions, active calls and totals", "system",
+              ok_schema="Status"),
+    Operation("GET", "/api/ports", "getPorts", "The port plan: what the PBX binds and which local services it calls",
+              "system", ok_schema="PortPlan"),
+    Operation("GET", "/api/openapi.json", "getOpenAPI", "This document", "system",
+              ok_description="The OpenAPI 3.1 document."),
+    Operation("GET", "/metrics", "getMetrics", "Prometheus metrics (text format)", "system",
+              ok_description="Prometheus text exposition format 0.0.4."),
+    Operation("GET", "/api/extensions", "listExtensions", "List extensions", "extensions", ok_schema="ExtensionList"),
+    Operation("POST", "/api/extensions", "createExtension", "Create an extension (it can register at once)",
+              "extensions", ok=201, ok_schema="Extension", body="ExtensionCreate", errors=(*_BODY_ERRORS, 409)),
+    Operation("GET", "/api/extensions/{number}", "getExtension", "One extension", "extensions",
+              ok_schema="Extension", errors=(404,), parameters=(_NUMBER_PARAM,)),
+    Operation("PUT", "/api/extensions/{number}", "replaceExtension",
+              "Replace an extension's fields (password kept if not given)", "extensions",
+              ok_schema="Extension", body="ExtensionReplace", errors=(*_BODY_ERRORS, 403, 404),
+              parameters=(_NUMBER_PARAM,)),
+    Operation("PATCH", "/api/extensions/{number}", "updateExtension", "Change some fields of an extension",
+              "extensions", ok_schema="Extension", body="ExtensionPatch", errors=(*_BODY_ERRORS, 403, 404),
+              parameters=(_NUMBER_PARAM,)),
+    Operation("DELETE", "/api/extensions/{number}", "deleteExtension",
+              "Delete an extension; its bindings go, its calls in progress go on", "extensions",
+              ok=204, ok_description="Deleted.", errors=(403, 404), parameters=(_NUMBER_PARAM,)),
+    Operation("GET", "/api/registrations", "listRegistrations", "Current registrations (bindings)", "registrations",
+              ok_schema="RegistrationList", errors=(400,),
+              parameters=(_query("extension", {"type": "string"}, "Only this extension's bindings."),)),
+    Operation("GET", "/api/calls", "listCalls", "Calls in progress", "calls", ok_schema="CallList"),
+    Operation("POST", "/api/calls", "clickToDial", "Click-to-dial (not implemented yet: answers 501)", "calls",
+              ok=201, ok_description="Not returned yet.", body="ClickToDial", errors=(*_BODY_ERRORS, 501)),
+    Operation("GET", "/api/calls/{call_id}", "getCall", "One call in progress", "calls", ok_schema="Call",
+              errors=(404,), parameters=(_CALL_PARAM,)),
+    Operation("DELETE", "/api/calls/{call_id}", "hangUpCall", "Hang up both legs of a call", "calls",
+              ok=204, ok_description="Hung up; the call record is written.", errors=(404,),
+              parameters=(_CALL_PARAM,)),
+    Operation("GET", "/api/cdr", "listCallRecords", "Finished calls, newest first, filtered and paged; or CSV",
+              "cdr", ok_schema="CallRecordPage", errors=(400,), parameters=_CDR_PARAMS,
+              extra_content={"text/csv": {"schema": {"type": "string"}}}),
+    *(
+        Operation(method, "/api/integrations" + path,
+                  "integration" + "".join(part.title() for part in path.replace("/", " ").split()),
+                  f"{summary} (not enabled yet: answers 503)", "integrations",
+                  ok_description="Defined by the integration's work item.",
+                  body="IntegrationRequest" if method == "POST" else None,
+                  errors=(*(_BODY_ERRORS if method == "POST" else ()), 502, 503, 504))
+        for method, path, _name, summary in INTEGRATION_ROUTES
+    ),
+)  # fmt: skip
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    success: dict[str, Any] = {"description": op.ok_description}
+    if op.ok_schema is not None:
+        success["content"] = {"application/json": {"schema": _ref(op.ok_schema)}, **op.extra_content}
+    elif op.path == "/metrics":
+        success["content"] = {"text/plain": {"schema": {"type": "string"}}}
+    elif op.path == "/api/openapi.json":
+        success["content"] = {"application/json": {"schema": {"type": "object"}}}
+    responses[str(op.ok)] = success
+    statuses = set(op.errors) | {500}
+    if op.tag != "system":
+        statuses.add(503)  # the PBX is still loading its data
+    if not op.public:
+        statuses.add(401)
+    for status in sorted(statuses):
+        responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    result: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": responses,
+    }
+    if op.parameters:
+        result["parameters"] = [copy.deepcopy(p) for p in op.parameters]
+    if op.body is not None:
+        result["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+    if op.public:
+        result["security"] = []
+    return result
+
+
+def build_document(version: str) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Twisted PBX REST API",
+            "version": version,
+            "description": "Extensions, registrations, calls, call records, metrics and integrations of the PBX. "
+                           'Every error has the body {"error": "...", "field": "..."}.',
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": name} for name in
+                 ("system", "extensions", "registrations", "calls", "cdr", "integrations")],
+        "paths": paths,
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "A token from api.tokens."}},
+            "responses": {
+                f"E{status}": {"description": text,
+                               "content": {"application/json": {"schema": _ref("Error")}}}
+                for status, text in sorted(_ERRORS.items())
+            },
+        },
+    }

@@ -1,0 +1,309 @@
+"""JSON Schemas of the API's bodies, and the small validator that enforces them.
+
+One definition serves three purposes: request bodies are checked against it
+(`validate`), the OpenAPI document publishes it (pbx.api.openapi), and the
+property-based tests generate bodies from it.  The validator implements the
+subset of JSON Schema (2020-12) these schemas use: ``type`` (one or a list),
+``properties``, ``required``, ``additionalProperties: false``, ``enum``,
+``minLength``/``maxLength``/``pattern`` and ``minimum``/``maximum``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from pbx.core.cdr import DISPOSITIONS
+
+__all__ = ["SCHEMAS", "SchemaError", "validate"]
+
+
+class SchemaError(ValueError):
+    """A value that does not fit its schema; ``field`` is the dotted path at fault."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+_TYPES: dict[str, Any] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def _describe(types: list[str]) -> str:
+    names = {"object": "an object", "array": "an array", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "null"}
+    return " or ".join(names[t] for t in types)
+
+
+def validate(value: Any, schema: dict[str, Any], path: str | None = None) -> None:
+    """Raise SchemaError naming the first field that does not fit."""
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else list(types)
+        if not any(_TYPES[t](value) for t in types):
+            what = "request body" if path is None else path
+            raise SchemaError(f"{what}: expected {_describe(types)}", path)
+    if "enum" in schema and value not in schema["enum"]:
+        raise SchemaError(f"{path}: expected one of {', '.join(map(str, schema['enum']))}", path)
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            raise SchemaError(f"{path}: at least {schema['minLength']} characters", path)
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise SchemaError(f"{path}: at most {schema['maxLength']} characters", path)
+        if "pattern" in schema and _pattern(schema["pattern"]).search(value) is None:
+            raise SchemaError(f"{path}: {schema.get('description') or 'does not match ' + schema['pattern']}", path)
+    if _TYPES["number"](value):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise SchemaError(f"{path}: at least {schema['minimum']}", path)
+        if "maximum" in schema and value > schema["maximum"]:
+            raise SchemaError(f"{path}: at most {schema['maximum']}", path)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name in schema.get("required", ()):
+            if name not in value:
+                raise SchemaError(f"{_join(path, name)}: required", _join(path, name))
+        if schema.get("additionalProperties") is False:
+            for name in value:
+                if name not in properties:
+                    raise SchemaError(f"{_join(path, str(name))}: unknown field", _join(path, str(name)))
+        for name, subschema in properties.items():
+            if name in value:
+                validate(value[name], subschema, _join(path, name))
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    """A schema pattern with ECMA-262 meaning: a final ``$`` is the very end
+    (Python's ``$`` would also match before a final newline)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _join(path: str | None, name: str) -> str:
+    return name if path is None else f"{path}.{name}"
+
+
+# ---------------------------------------------------------------------------
+# Pieces.
+
+NUMBER = {
+    "type": "string", "pattern": r"^[0-9]{1,32}$", "minLength": 1, "maxLength": 32,
+    "description": "an extension number: 1 to 32 digits",
+}  # fmt: skip
+NAME = {"type": "string", "maxLength": 100, "pattern": r"^[^\x00-\x1f\x7f]*$",
+        "description": "a display name: up to 100 characters, no control characters"}
+PASSWORD = {
+    "type": "string", "minLength": 8, "maxLength": 128, "writeOnly": True,
+    "description": "the SIP password: 8 to 128 characters; stored only as digest HA1 hashes",
+}  # fmt: skip
+EMAIL = {
+    "type": ["string", "null"], "maxLength": 254, "pattern": r"^[^@\s]+@[^@\s]+$",
+    "description": "an e-mail address (or null for none)",
+}  # fmt: skip
+PIN = {
+    "type": ["string", "null"], "pattern": r"^[0-9]{4,12}$", "writeOnly": True,
+    "description": "a voicemail PIN: 4 to 12 digits (or null for none); stored salted and hashed",
+}  # fmt: skip
+DIAL_NUMBER = {
+    "type": "string", "pattern": r"^[0-9*#+]{1,32}$", "minLength": 1, "maxLength": 32,
+    "description": "a number to dial: digits, *, # and +",
+}  # fmt: skip
+TIMESTAMP = {"type": ["string", "null"], "format": "date-time"}
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong"},
+        "field": {"type": "string", "description": "the input at fault, when one is"},
+        "request_id": {"type": "string", "description": "on 500: quote it to find the traceback in the log"},
+    },
+}
+
+EXTENSION_CREATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["number", "password"],
+    "properties": {"number": NUMBER, "name": NAME, "password": PASSWORD, "email": EMAIL, "voicemail_pin": PIN},
+}
+EXTENSION_REPLACE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {"number": NUMBER, "name": NAME, "password": PASSWORD, "email": EMAIL, "voicemail_pin": PIN},
+}
+EXTENSION_PATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"number": NUMBER, "name": NAME, "password": PASSWORD, "email": EMAIL, "voicemail_pin": PIN},
+}
+EXTENSION = {
+    "type": "object",
+    "required": ["number", "name", "email", "source", "voicemail_pin_set", "updated_at", "registered", "contacts"],
+    "properties": {
+        "number": NUMBER,
+        "name": {"type": "string"},
+        "email": {"type": ["string", "null"]},
+        "source": {"type": "string", "enum": ["config", "api"],
+                   "description": "config: from the configuration file (read-only here); api: created here"},
+        "voicemail_pin_set": {"type": "boolean"},
+        "updated_at": TIMESTAMP,
+        "registered": {"type": "boolean", "description": "has at least one current binding"},
+        "contacts": {"type": "integer", "minimum": 0, "description": "current bindings"},
+    },
+}
+EXTENSION_LIST = {"type": "object", "required": ["items", "total"],
+                  "properties": {"items": {"type": "array", "items": EXTENSION}, "total": {"type": "integer"}}}
+
+CLICK_TO_DIAL = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["from", "to"],
+    "properties": {"from": NUMBER, "to": DIAL_NUMBER},
+}
+
+_MEDIA_LEG = {
+    "type": "object",
+    "description": "counters of the leg's RTP relay (pbx.media.relay.MediaLeg.stats)",
+    "properties": {
+        "local_port": {"type": ["integer", "null"]},
+        "remote": {"type": ["string", "null"]},
+        "latched": {"type": ["string", "null"]},
+        "packets_in": {"type": "integer"}, "bytes_in": {"type": "integer"},
+        "packets_out": {"type": "integer"}, "bytes_out": {"type": "integer"},
+        "rtcp_in": {"type": "integer"}, "rtcp_out": {"type": "integer"},
+        "dropped": {"type": "integer"}, "unroutable": {"type": "integer"}, "send_errors": {"type": "integer"},
+        "expected": {"type": "integer"}, "lost": {"type": "integer"}, "jitter_ms": {"type": "number"},
+        "codec": {"type": ["string", "null"]}, "payload_type": {"type": ["integer", "null"]},
+    },
+}  # fmt: skip
+CALL = {
+    "type": "object",
+    "required": ["id", "caller", "callee", "state", "start", "legs", "codec", "packets"],
+    "properties": {
+        "id": {"type": "string"},
+        "caller": {"type": "string"},
+        "caller_name": {"type": "string"},
+        "callee": {"type": "string"},
+        "answered_by": {"type": ["string", "null"]},
+        "state": {"type": "string", "enum": ["ringing", "answered", "ended"]},
+        "start": TIMESTAMP,
+        "answer": TIMESTAMP,
+        "duration": {"type": "integer", "description": "seconds since the call started"},
+        "codec": {"type": ["string", "null"]},
+        "packets": {"type": "object", "properties": {
+            "relayed": {"type": "integer"}, "lost": {"type": "integer"}, "dropped": {"type": "integer"}}},
+        "legs": {"type": "object", "properties": {
+            "a": {"type": "object", "description": "the caller's leg", "properties": {
+                "sip_call_id": {"type": "string"}, "party": {"type": "string"}, "media": _MEDIA_LEG}},
+            "b": {"type": "object", "description": "the callee's leg", "properties": {
+                "sip_call_id": {"type": "string"}, "party": {"type": ["string", "null"]},
+                "forks": {"type": "integer"}, "media": _MEDIA_LEG}},
+        }},
+    },
+}  # fmt: skip
+CALL_LIST = {"type": "object", "required": ["items", "total"],
+             "properties": {"items": {"type": "array", "items": CALL}, "total": {"type": "integer"}}}
+
+CDR = {
+    "type": "object",
+    "properties": {
+        "call_id": {"type": "string"}, "sip_call_id": {"type": "string"},
+        "caller": {"type": "string"}, "caller_name": {"type": "string"}, "callee": {"type": "string"},
+        "answered_by": {"type": ["string", "null"]},
+        "start": TIMESTAMP, "answer": TIMESTAMP, "end": TIMESTAMP,
+        "duration": {"type": ["integer", "null"]}, "billable": {"type": ["integer", "null"]},
+        "disposition": {"type": ["string", "null"], "enum": [*DISPOSITIONS, None]},
+        "hangup_cause": {"type": ["string", "null"]},
+        "hangup_side": {"type": ["string", "null"]},
+    },
+}  # fmt: skip
+CDR_PAGE = {
+    "type": "object",
+    "required": ["items", "total", "limit", "offset"],
+    "properties": {"items": {"type": "array", "items": CDR}, "total": {"type": "integer"},
+                   "limit": {"type": "integer"}, "offset": {"type": "integer"}},
+}
+
+REGISTRATION = {
+    "type": "object",
+    "properties": {
+        "extension": {"type": "string"}, "contact": {"type": "string"},
+        "expires": {"type": "integer", "description": "seconds left"}, "expires_at": TIMESTAMP,
+        "user_agent": {"type": ["string", "null"]}, "source": {"type": "string", "description": "host:port"},
+        "transport": {"type": "string"}, "q": {"type": ["number", "null"]},
+    },
+}  # fmt: skip
+REGISTRATION_LIST = {"type": "object", "required": ["items", "total"],
+                     "properties": {"items": {"type": "array", "items": REGISTRATION}, "total": {"type": "integer"}}}
+
+HEALTH = {
+    "type": "object",
+    "required": ["status", "version", "uptime"],
+    "properties": {"status": {"type": "string", "enum": ["ok", "starting"]}, "version": {"type": "string"},
+                   "uptime": {"type": "number", "description": "seconds since the API started"}},
+}
+STATUS = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "string"}, "uptime": {"type": "number"}, "ready": {"type": "boolean"},
+        "extensions": {"type": "object", "properties": {"total": {"type": "integer"}, "registered": {"type": "integer"}}},
+        "registrations": {"type": "integer"},
+        "calls": {"type": "object", "properties": {
+            "active": {"type": "integer"}, "ringing": {"type": "integer"}, "answered": {"type": "integer"}}},
+        "totals": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "description": "calls ended since start, by disposition (refused calls by cause)"},
+        "media": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "sip": {"type": "object", "additionalProperties": {"type": "integer"}},
+    },
+}  # fmt: skip
+
+_LISTENER = {"type": "object", "properties": {
+    "role": {"type": "string"}, "protocol": {"type": "string"}, "host": {"type": "string"},
+    "port": {"type": "integer"}, "port_end": {"type": "integer"}, "keys": {"type": "string"},
+    "address": {"type": "string"}}}  # fmt: skip
+_LOCAL_SERVICE = {"type": "object", "properties": {
+    "key": {"type": "string"}, "integration": {"type": "string"}, "url": {"type": "string"},
+    "host": {"type": "string"}, "port": {"type": "integer"}, "enabled": {"type": "boolean"},
+    "protocol": {"type": "string"}, "address": {"type": "string"}}}  # fmt: skip
+PORTS = {
+    "type": "object",
+    "required": ["listeners", "services", "conflicts"],
+    "properties": {"listeners": {"type": "array", "items": _LISTENER},
+                   "services": {"type": "array", "items": _LOCAL_SERVICE},
+                   "conflicts": {"type": "array", "items": {"type": "string"}}},
+}
+
+# Integration bodies: accepted as any JSON object until the integrations exist.
+ANY_OBJECT = {"type": "object", "description": "defined by the integration's work item"}
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": ERROR,
+    "Extension": EXTENSION,
+    "ExtensionList": EXTENSION_LIST,
+    "ExtensionCreate": EXTENSION_CREATE,
+    "ExtensionReplace": EXTENSION_REPLACE,
+    "ExtensionPatch": EXTENSION_PATCH,
+    "Call": CALL,
+    "CallList": CALL_LIST,
+    "ClickToDial": CLICK_TO_DIAL,
+    "CallRecord": CDR,
+    "CallRecordPage": CDR_PAGE,
+    "Registration": REGISTRATION,
+    "RegistrationList": REGISTRATION_LIST,
+    "Health": HEALTH,
+    "Status": STATUS,
+    "PortPlan": PORTS,
+    "IntegrationRequest": ANY_OBJECT,
+}
