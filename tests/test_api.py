@@ -586,6 +586,8 @@ async def test_metrics_in_prometheus_text_format(api: Harness) -> None:
         "pbx_registrations 1.0", "pbx_registered_extensions 1.0", "pbx_extensions 2.0",
         'pbx_active_calls{state="answered"} 0.0', 'pbx_calls_total{disposition="answered"}',
         "pbx_rtp_packets_relayed_total", "pbx_rtp_packets_lost_total", 'pbx_sip_messages_total{kind="received"}',
+        'pbx_sip_requests_received_total{method="REGISTER"} 2.0',
+        'pbx_sip_responses_sent_total{status="401"} 1.0', 'pbx_sip_responses_sent_total{status="200"} 1.0',
         'pbx_api_requests_total{method="GET",route="/api/status",status="200"} 1.0',
         'pbx_api_requests_total{method="GET",route="/api/extensions/{number}",status="404"} 1.0',
     ):

@@ -8,8 +8,8 @@ PBX figures are read when scraped, from what the core already keeps:
 - active calls and calls by disposition (``B2BUA.calls`` / ``B2BUA.totals``;
   calls refused before ringing are counted by cause as well),
 - RTP packets relayed, lost and dropped (``MediaRelay.totals()``),
-- SIP messages (``SIPCore.stats``: received, malformed, stray responses --
-  the core keeps no per-method or per-status counter, so none is exported),
+- SIP messages (``SIPCore.stats``: received, malformed, stray responses;
+  requests received by method, responses received and sent by status),
 - API requests by route template, method and status (counted here).
 """
 
@@ -91,6 +91,20 @@ class PBXCollector(Collector):
         for kind, value in sorted(pbx.core.stats.items()):
             sip.add_metric([kind], value)
         yield sip
+        requests = CounterMetricFamily(
+            "pbx_sip_requests_received", "SIP requests received, by method.", labels=["method"]
+        )
+        for method, value in sorted(pbx.core.requests_received.items()):
+            requests.add_metric([method], value)
+        yield requests
+        for name, text, counts in (
+            ("pbx_sip_responses_received", "SIP responses received, by status.", pbx.core.responses_received),
+            ("pbx_sip_responses_sent", "SIP responses sent by the PBX, by status.", pbx.core.responses_sent),
+        ):
+            family = CounterMetricFamily(name, text, labels=["status"])
+            for status, value in sorted(counts.items()):
+                family.add_metric([str(status)], value)
+            yield family
 
 
 class ApiMetrics:

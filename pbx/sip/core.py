@@ -27,7 +27,7 @@ from pbx.sip.errors import (
 from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
 from pbx.sip.transaction import ServerTransaction, TransactionLayer
 from pbx.sip.transport import Peer
-from pbx.sip.validate import ACCEPTED_BODY_TYPES, check_request
+from pbx.sip.validate import ACCEPTED_BODY_TYPES, KNOWN_METHODS, check_request
 
 ACCEPT = "application/sdp"
 SUPPORTED = ""
@@ -48,6 +48,10 @@ class SIPCore:
         self.force_rport = force_rport
         self.handlers: dict[str, RequestHandler] = {"OPTIONS": self._options}
         self.stats: dict[str, int] = {"received": 0, "malformed": 0, "stray_responses": 0}
+        # For metrics: requests received by method, responses by status.
+        self.requests_received: dict[str, int] = {}
+        self.responses_received: dict[int, int] = {}
+        self.responses_sent: dict[int, int] = {}
         self.on_stray_response: Callable[[Response, Peer], None] | None = None
         # False while the PBX loads its data: requests then get 503 + Retry-After.
         self.ready = True
@@ -91,6 +95,8 @@ class SIPCore:
             self._request_received(message, peer)
 
     def _response_received(self, response: Response, peer: Peer) -> None:
+        counts = self.responses_received
+        counts[response.status] = counts.get(response.status, 0) + 1
         try:
             consumed = self.transactions.receive_response(response)
         except SIPError:
@@ -101,6 +107,9 @@ class SIPCore:
                 self.on_stray_response(response, peer)
 
     def _request_received(self, request: Request, peer: Peer) -> None:
+        counts = self.requests_received
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        counts[method] = counts.get(method, 0) + 1
         try:
             via = request.vias[0]
         except (SIPError, IndexError) as error:
@@ -176,6 +185,8 @@ class SIPCore:
         return lambda data: write(data, target)
 
     def response(self, request: Request, status: int, reason: str) -> Response:
+        counts = self.responses_sent
+        counts[status] = counts.get(status, 0) + 1
         response = make_response(request, status, reason, to_tag=secrets.token_hex(6))
         response.headers.add("Server", self.server_name)
         return response
