@@ -26,6 +26,7 @@ from pbx.core.dialplan import DialPlan
 from pbx.core.events import EventBus
 from pbx.core.location import LocationService
 from pbx.core.registrar import ExtensionDirectory, Registrar
+from pbx.integrations.service import make_integrations
 from pbx.sip.core import SIPCore
 from pbx.sip.digest import DigestAuthenticator, NonceManager
 from pbx.sip.transaction import TimerSettings, TransactionLayer
@@ -144,6 +145,8 @@ class PBXService(MultiService):
             timer = TimerService(interval, call)
             timer.clock = reactor
             timer.setServiceParent(self)
+        self.integrations = make_integrations(self, reactor)
+        self.integrations.setServiceParent(self)
         self.api = make_api_service(self, reactor)
         self.api.setServiceParent(self)
         self.ready: Deferred[None] | None = None

@@ -42,6 +42,7 @@ def call_view(call: Any, now: float) -> dict[str, Any]:
         "callee": record.callee,
         "answered_by": record.answered_by,
         "state": call.state,
+        "screen_pop": getattr(call, "screen_pop", None),
         "start": iso_utc(record.start),
         "answer": iso_utc(record.answer),
         "duration": max(0, int(now - record.start)),

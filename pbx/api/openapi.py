@@ -12,8 +12,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbx.api.integrations import INTEGRATION_ROUTES
-from pbx.api.schemas import NUMBER, SCHEMAS
+from pbx.api.integrations import INTEGRATION_OPERATIONS, INTEGRATION_ROUTES
+from pbx.api.schemas import NUMBER, PHONE, SCHEMAS
 from pbx.core.cdr import DISPOSITIONS
 
 __all__ = ["OPERATIONS", "Operation", "build_document"]
@@ -29,9 +29,10 @@ _ERRORS = {
     415: "Request body is not application/json.",
     500: "Unexpected error; the body carries `request_id`, the traceback is in the log.",
     501: "Not implemented yet.",
-    502: "The upstream service failed.",
-    503: "The integration is not enabled, or the PBX is still starting (then with Retry-After).",
-    504: "The upstream service timed out.",
+    502: "The integration's server failed or answered something unusable.",
+    503: "The integration is not enabled, or enabled but not configured (the body names the missing key), "
+         "or the PBX is still starting (then with Retry-After).",
+    504: "The integration's server did not answer within integrations.timeout.",
 }
 
 
@@ -117,11 +118,18 @@ OPERATIONS: tuple[Operation, ...] = (
     *(
         Operation(method, "/api/integrations" + path,
                   "integration" + "".join(part.title() for part in path.replace("/", " ").split()),
-                  f"{summary} (not enabled yet: answers 503)", "integrations",
-                  ok_description="Defined by the integration's work item.",
-                  body="IntegrationRequest" if method == "POST" else None,
-                  errors=(*(_BODY_ERRORS if method == "POST" else ()), 502, 503, 504))
-        for method, path, _name, summary in INTEGRATION_ROUTES
+                  f"{summary} ({name}; 503 when not enabled or not configured)", "integrations",
+                  ok=INTEGRATION_OPERATIONS[(method, path)].ok,
+                  ok_schema=INTEGRATION_OPERATIONS[(method, path)].ok_schema,
+                  ok_description="Created." if INTEGRATION_OPERATIONS[(method, path)].ok == 201
+                  else "What the integration's server answered.",
+                  body=INTEGRATION_OPERATIONS[(method, path)].body,
+                  errors=(*(_BODY_ERRORS if method == "POST" else (400,)), 502, 503, 504),
+                  parameters=tuple(
+                      {**_query(query, PHONE, description), "required": True}
+                      for query, description in INTEGRATION_OPERATIONS[(method, path)].query
+                  ))
+        for method, path, name, summary in INTEGRATION_ROUTES
     ),
 )  # fmt: skip
 

@@ -5,7 +5,8 @@ One definition serves three purposes: request bodies are checked against it
 property-based tests generate bodies from it.  The validator implements the
 subset of JSON Schema (2020-12) these schemas use: ``type`` (one or a list),
 ``properties``, ``required``, ``additionalProperties: false``, ``enum``,
-``minLength``/``maxLength``/``pattern`` and ``minimum``/``maximum``.
+``minLength``/``maxLength``/``pattern``, ``minimum``/``maximum`` and, for
+arrays, ``items``/``maxItems``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def validate(value: Any, schema: dict[str, Any], path: str | None = None) -> Non
             raise SchemaError(f"{path}: at least {schema['minimum']}", path)
         if "maximum" in schema and value > schema["maximum"]:
             raise SchemaError(f"{path}: at most {schema['maximum']}", path)
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise SchemaError(f"{path}: at most {schema['maxItems']} items", path)
+        if "items" in schema:
+            for index, item in enumerate(value):
+                validate(item, schema["items"], _join(path, str(index)))
     if isinstance(value, dict):
         properties = schema.get("properties", {})
         for name in schema.get("required", ()):
@@ -198,6 +205,8 @@ CALL = {
         "callee": {"type": "string"},
         "answered_by": {"type": ["string", "null"]},
         "state": {"type": "string", "enum": ["ringing", "answered", "ended"]},
+        "screen_pop": {"type": ["object", "null"],
+                       "description": "the CRM contact matched to the caller (EspoCRM screen pop), when enabled"},
         "start": TIMESTAMP,
         "answer": TIMESTAMP,
         "duration": {"type": "integer", "description": "seconds since the call started"},
@@ -285,8 +294,155 @@ PORTS = {
                    "conflicts": {"type": "array", "items": {"type": "string"}}},
 }
 
-# Integration bodies: accepted as any JSON object until the integrations exist.
-ANY_OBJECT = {"type": "object", "description": "defined by the integration's work item"}
+# ---------------------------------------------------------------------------
+# Integrations (pbx.api.integrations).  Optional fields may also be null.
+
+
+def _text(max_length: int, description: str, *, nullable: bool = True, min_length: int = 0) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": ["string", "null"] if nullable else "string", "maxLength": max_length,
+                              "pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$", "description": description}
+    if min_length:
+        schema["minLength"] = min_length
+    return schema
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    return {**schema, "type": [*types, "null"]}
+
+
+DATE_TIME = {
+    "type": ["string", "null"], "maxLength": 40,
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?$",
+    "description": "an ISO 8601 date-time, e.g. 2024-06-01T10:00:00Z (UTC when no zone is given)",
+}  # fmt: skip
+MINUTES = {"type": ["integer", "null"], "minimum": 1, "maximum": 1440, "description": "minutes (1 to 1440)"}
+PHONE = {
+    "type": "string", "minLength": 2, "maxLength": 32, "pattern": r"^\+?[0-9][0-9 ()./-]*$",
+    "description": "a phone number: digits, an optional leading +, spaces ( ) . / - allowed",
+}  # fmt: skip
+MATRIX_ROOM = {
+    "type": "string", "maxLength": 255, "pattern": r"^(![^\s]+|#[^:\s]+:[^\s]+)$",
+    "description": "a Matrix room id (!id, with :server in room versions before 12) or alias (#alias:server)",
+}  # fmt: skip
+MATRIX_USER = {
+    "type": "string", "maxLength": 255, "pattern": r"^@[^:\s]+:[^\s]+$",
+    "description": "a Matrix user id (@user:server)",
+}  # fmt: skip
+
+JITSI_MEETING_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "room_name": _text(200, "the room; sanitised (a-z 0-9 - _); generated when absent"),
+        "subject": _text(200, "what the meeting is about"),
+        "moderator_name": _text(100, "who moderates (named in the moderator's token)"),
+        "participants": {"type": ["array", "null"], "maxItems": 100, "items": _text(200, "a participant",
+                                                                                     nullable=False)},
+        "scheduled_time": DATE_TIME,
+        "duration": MINUTES,
+    },
+}  # fmt: skip
+JITSI_INSTANT_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["extension"],
+    "properties": {"extension": NUMBER, "contact_name": _text(100, "the other party's name")},
+}
+JITSI_MEETING = {
+    "type": "object",
+    "required": ["room_name", "url", "moderator_url"],
+    "properties": {
+        "room_name": {"type": "string"},
+        "url": {"type": "string", "description": "the link for participants (with ?jwt= when tokens are on)"},
+        "moderator_url": {"type": "string", "description": "the link for the moderator"},
+        "subject": {"type": ["string", "null"]},
+        "scheduled_time": {"type": ["string", "null"]},
+        "duration": {"type": ["integer", "null"]},
+    },
+}  # fmt: skip
+ESPOCRM_CONTACT_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": _text(100, "the contact's full name (the last word becomes the last name)",
+                      nullable=False, min_length=1),
+        "phone": _nullable(PHONE),
+        "email": EMAIL,
+        "company": _text(200, "the account (company); found by name, else created"),
+        "title": _text(100, "the contact's title"),
+    },
+}  # fmt: skip
+ESPOCRM_CALL_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["contact_id", "direction", "duration", "status"],
+    "properties": {
+        "contact_id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9_-]+$",
+                       "description": "the EspoCRM id of the contact"},
+        "direction": {"type": "string", "enum": ["Inbound", "Outbound"]},
+        "duration": {"type": "integer", "minimum": 0, "maximum": 604800, "description": "seconds"},
+        "status": {"type": "string", "enum": ["Held", "Not Held"],
+                   "description": "Held: the call took place; Not Held: it did not (missed, busy...)"},
+        "description": _text(4000, "free text"),
+    },
+}  # fmt: skip
+MATRIX_MESSAGE_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["room_id", "message"],
+    "properties": {
+        "room_id": MATRIX_ROOM,
+        "message": {"type": "string", "minLength": 1, "maxLength": 32768},
+        "msg_type": {"type": ["string", "null"], "enum": ["m.text", "m.notice", "m.emote", None],
+                     "description": "the msgtype; m.text by default"},
+    },
+}  # fmt: skip
+MATRIX_NOTIFICATION_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["message"],
+    "properties": {
+        "message": {"type": "string", "minLength": 1, "maxLength": 32768},
+        "room_id": {**_nullable(MATRIX_ROOM),
+                    "description": "where to post (an m.notice); integrations.matrix.notification_room by default"},
+    },
+}  # fmt: skip
+MATRIX_ROOM_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": _text(255, "the room's name", nullable=False, min_length=1),
+        "topic": _text(1000, "the room's topic"),
+        "invite_users": {"type": ["array", "null"], "maxItems": 100, "items": MATRIX_USER},
+    },
+}  # fmt: skip
+ZOOM_MEETING_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["topic"],
+    "properties": {
+        "topic": _text(200, "the meeting's topic", nullable=False, min_length=1),
+        "start_time": DATE_TIME,
+        "duration": MINUTES,
+        "timezone": {"type": ["string", "null"], "maxLength": 64, "pattern": r"^[A-Za-z0-9_+/-]+$",
+                     "description": "an IANA time zone, e.g. Europe/Berlin"},
+        "agenda": _text(2000, "the meeting's agenda"),
+    },
+}  # fmt: skip
+ZOOM_MEETING = {
+    "type": "object",
+    "required": ["id", "join_url"],
+    "properties": {
+        "id": {"type": ["integer", "string"]},
+        "join_url": {"type": "string"},
+        "start_url": {"type": ["string", "null"]},
+        "password": {"type": ["string", "null"]},
+    },
+}  # fmt: skip
+INTEGRATION_RESULT = {"type": "object", "description": "what the integration's server answered, as a JSON object"}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": ERROR,
@@ -305,5 +461,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": HEALTH,
     "Status": STATUS,
     "PortPlan": PORTS,
-    "IntegrationRequest": ANY_OBJECT,
+    "JitsiMeetingRequest": JITSI_MEETING_REQUEST,
+    "JitsiInstantRequest": JITSI_INSTANT_REQUEST,
+    "JitsiMeeting": JITSI_MEETING,
+    "EspoCRMContactRequest": ESPOCRM_CONTACT_REQUEST,
+    "EspoCRMCallRequest": ESPOCRM_CALL_REQUEST,
+    "MatrixMessageRequest": MATRIX_MESSAGE_REQUEST,
+    "MatrixNotificationRequest": MATRIX_NOTIFICATION_REQUEST,
+    "MatrixRoomRequest": MATRIX_ROOM_REQUEST,
+    "ZoomMeetingRequest": ZOOM_MEETING_REQUEST,
+    "ZoomMeeting": ZOOM_MEETING,
+    "IntegrationResult": INTEGRATION_RESULT,
 }

@@ -77,6 +77,20 @@ MIGRATIONS: list[list[str]] = [
             updated_at REAL NOT NULL
         )""",
     ],
+    # 3: the integrations' outbox (pbx.integrations.outbox): event-driven
+    # requests waiting for delivery, kept across restarts.
+    [
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX outbox_due ON outbox (next_attempt, id)",
+    ],
 ]
 
 
