@@ -454,8 +454,12 @@ async def test_calls_lists_live_calls_and_hangs_up_both_legs(api: Harness) -> No
     assert call["packets"] == {"relayed": 0, "lost": 0, "dropped": 0}
     assert call["legs"]["a"]["party"] == "1001" and call["legs"]["b"]["party"] == "1002"
     assert call["legs"]["a"]["media"]["local_port"] in range(46000, 46399)
-    assert "codec" in call
+    assert "codec" in call and call["screen_pop"] is None
     assert await api.json("GET", f"/api/calls/{call_id}", 200) == call
+    # What the CRM lookup (pbx/integrations/dispatch.py) leaves on the call is shown as it is.
+    pop = {"source": "espocrm", "phone": "1001", "found": True, "created": False, "contact": {"id": "c1"}}
+    api.pbx.b2bua.calls[call_id].screen_pop = pop
+    assert (await api.json("GET", f"/api/calls/{call_id}", 200))["screen_pop"] == pop
     status = await api.json("GET", "/api/status", 200)
     assert status["calls"] == {"active": 1, "ringing": 0, "answered": 1}
 
