@@ -27,8 +27,8 @@ def test_two_baresips_hear_each_others_tone_through_the_relay(tmp_path):
             if sniffer is not None:
                 sniffer.__exit__(None, None, None)
         caller_heard, callee_heard = heard(caller), heard(callee)
-        assert caller_heard["dominant"] == pytest.approx(1000, abs=15), (caller_heard, caller.log()[-2000:])
-        assert callee_heard["dominant"] == pytest.approx(440, abs=15), (callee_heard, callee.log()[-2000:])
+        assert caller_heard.get("dominant") == pytest.approx(1000, abs=15), (caller_heard, caller.log()[-2000:])
+        assert callee_heard.get("dominant") == pytest.approx(440, abs=15), (callee_heard, callee.log()[-2000:])
         if sniffer is not None:
             # The audio went through the PBX's relay ports.
             to_relay = sum(sniffer.count(dst_port=port) for port in range(start, end + 1))
