@@ -21,7 +21,7 @@ def test_two_baresips_hear_each_others_tone_through_the_relay(tmp_path):
         if sniffer is not None:
             sniffer.__enter__()
         try:
-            caller, callee = baresip_call(tmp_path, seconds=4, registrar_port=pbx.sip_port,
+            caller, callee = baresip_call(tmp_path, seconds=8, registrar_port=pbx.sip_port,
                                           caller=("1001", "secret1001", 440.0), callee=("1002", "secret1002", 1000.0))
         finally:
             if sniffer is not None:
