@@ -446,14 +446,23 @@ def stat_time(cell):
     return float(cell.split("\t")[-1])
 
 
-def run_load(args, server_port, rate, calls, slices, rundir, ports):
-    """K parallel SIPp processes; returns a dict of totals."""
+def run_load(args, server_port, rate, calls, slices, rundir, ports,
+             scenario=LOAD_SCENARIO, extra=None,
+             default_behaviors="all,-bye", hold=0.0):
+    """K parallel SIPp processes; returns a dict of totals.
+
+    scenario, extra (more sipp arguments), default_behaviors and hold (the
+    seconds a call lasts beyond its messages, added to the time limit) let
+    other benchmarks (call_bench.py) reuse it; the defaults are the
+    registration benchmark's.
+    """
     procs = len(slices)
     os.makedirs(rundir)
     rates = split_evenly(rate, procs)
     counts = split_evenly(calls, procs)
     # bound every run in time: the expected length plus a margin
-    limit = int(math.ceil(calls / float(rate))) + args.sipp_timeout_margin
+    limit = (int(math.ceil(calls / float(rate) + hold))
+             + args.sipp_timeout_margin)
     running = []
     t0 = time.monotonic()
     for i in range(procs):
@@ -462,16 +471,16 @@ def run_load(args, server_port, rate, calls, slices, rundir, ports):
         stats = os.path.join(rundir, "sipp%d_stats.csv" % i)
         out = os.path.join(rundir, "sipp%d.out" % i)
         cmd = [args.sipp, "%s:%d" % (HOST, server_port),
-               "-sf", LOAD_SCENARIO, "-inf", slices[i],
+               "-sf", scenario, "-inf", slices[i],
                "-i", HOST, "-p", str(free_udp_port(ports)),
                "-r", str(rates[i]), "-m", str(counts[i]),
                "-buff_size", "4194304",
                "-recv_timeout", str(args.recv_timeout_ms),
                "-max_non_invite_retrans", "3",
-               "-default_behaviors", "all,-bye",
+               "-default_behaviors", default_behaviors,
                "-timeout", "%ds" % limit, "-timeout_error",
                "-trace_stat", "-stf", stats, "-fd", "1",
-               "-trace_err", "-nostdin"]
+               "-trace_err", "-nostdin"] + list(extra or ())
         if i == 0:
             log("+ " + " ".join(cmd) + "   (x%d)" % procs)
         with open(out, "wb") as f:
