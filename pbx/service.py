@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -186,11 +187,27 @@ class PBXService(MultiService):
         # extensions and bindings and stall the reactor under load.
         gc.collect()
         gc.freeze()
+        gc.callbacks.append(self._gc_watch)
         self.core.ready = True
         self.log.info(
             "PBX ready: {extensions} extensions, {bindings} bindings restored",
             extensions=len(self.directory), bindings=len(self.location),
         )  # fmt: skip
+
+    _gc_started = 0.0
+    GC_PAUSE_WARNING = 0.02
+
+    def _gc_watch(self, phase: str, info: dict[str, int]) -> None:
+        """Log collector pauses long enough to delay SIP and RTP (a real-time budget)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif info.get("generation") == 2:
+            pause = time.perf_counter() - self._gc_started
+            if pause >= self.GC_PAUSE_WARNING:
+                self.log.warn(
+                    "garbage collection paused the reactor for {ms:.0f} ms ({collected} objects freed)",
+                    ms=pause * 1000, collected=info.get("collected", 0),
+                )  # fmt: skip
 
     def _load_failed(self, failure: Any) -> None:
         self.log.failure("PBX start-up failed; stopping", failure)
