@@ -27,15 +27,14 @@ from typing import Any
 
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from pbx.media import g711
 from pbx.media.dtmf import DTMFDetector, parse_info
 from pbx.media.player import Player
-from pbx.media.portpool import NoPortsAvailable, PortPool
+from pbx.media.portpool import PortPool
+from pbx.media.sockets import bind_pair
 from pbx.media.recorder import Recorder, payload_of
 from pbx.media.rtp import RTPStats
 from pbx.sip.sdp import (
@@ -53,18 +52,6 @@ Address = tuple[str, int]
 
 DEFAULT_PTIME = 20
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
-
-
-class _Socket(DatagramProtocol):
-    """A thin protocol: every datagram goes to one endpoint method."""
-
-    noisy = False
-
-    def __init__(self, receive: Callable[[bytes, Any], None]) -> None:
-        self._receive = receive
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self._receive(data, addr)
 
 
 class MediaEndpoint:
@@ -297,28 +284,11 @@ class MediaEndpoint:
     # -- sockets -------------------------------------------------------------------------
 
     def _bind(self, interface: str, pool: PortPool, attempts: int) -> None:
-        """Bind an RTP/RTCP pair from the pool, trying other pairs when one is taken (as the relay)."""
-        for _ in range(attempts):
-            port = pool.allocate()
-            try:
-                rtp = self.reactor.listenUDP(port, _Socket(self._rtp_received), interface=interface)
-            except CannotListenError:
-                pool.mark_unusable(port)
-                self.log.warn("RTP port {port} on {interface} is taken; trying another", port=port, interface=interface)
-                continue
-            try:
-                rtcp = self.reactor.listenUDP(port + 1, _Socket(self._rtcp_received), interface=interface)
-            except CannotListenError:
-                rtp.stopListening()
-                pool.mark_unusable(port)
-                self.log.warn(
-                    "RTCP port {port} on {interface} is taken; trying another", port=port + 1, interface=interface
-                )
-                continue
-            self._rtp, self._rtcp, self._pool = rtp, rtcp, pool
-            self.rtp_port, self.rtcp_port = port, port + 1
-            return
-        raise NoPortsAvailable(f"no bindable RTP port pair on {interface} after {attempts} attempts")
+        port, self._rtp, self._rtcp = bind_pair(
+            self.reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received
+        )
+        self._pool = pool
+        self.rtp_port, self.rtcp_port = port, port + 1
 
     def stats(self) -> dict[str, Any]:
         """Counters (JSON-friendly) for the call record and the API."""

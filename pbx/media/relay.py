@@ -35,30 +35,17 @@ from typing import Any
 
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from pbx.media.portpool import NoPortsAvailable, PortPool
+from pbx.media.sockets import bind_pair
 from pbx.media.rtp import STATIC_CLOCK_RATES, STATIC_PAYLOAD_TYPES, RTPStats
 
 Address = tuple[str, int]
 
 #: Encodings whose timestamps do not follow arrival time (RFC 4733 events).
 _NO_JITTER = frozenset({"telephone-event"})
-
-
-class _Socket(DatagramProtocol):
-    """A thin protocol: every datagram goes to one leg method."""
-
-    noisy = False
-
-    def __init__(self, receive: Any) -> None:
-        self._receive = receive
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self._receive(data, addr)
 
 
 def _format(address: Address | None) -> str | None:
@@ -242,28 +229,11 @@ class MediaLeg:
     # -- sockets ----------------------------------------------------------------
 
     def _bind(self, reactor: Any, interface: str, pool: PortPool, attempts: int) -> None:
-        """Bind an RTP/RTCP pair from the pool, trying other pairs when one is taken."""
-        for _ in range(attempts):
-            port = pool.allocate()
-            try:
-                rtp = reactor.listenUDP(port, _Socket(self._rtp_received), interface=interface)
-            except CannotListenError:
-                pool.mark_unusable(port)
-                self.log.warn("RTP port {port} on {interface} is taken; trying another", port=port, interface=interface)
-                continue
-            try:
-                rtcp = reactor.listenUDP(port + 1, _Socket(self._rtcp_received), interface=interface)
-            except CannotListenError:
-                rtp.stopListening()
-                pool.mark_unusable(port)
-                self.log.warn(
-                    "RTCP port {port} on {interface} is taken; trying another", port=port + 1, interface=interface
-                )
-                continue
-            self._rtp, self._rtcp, self._pool = rtp, rtcp, pool
-            self.rtp_port, self.rtcp_port = port, port + 1
-            return
-        raise NoPortsAvailable(f"no bindable RTP port pair on {interface} after {attempts} attempts")
+        port, self._rtp, self._rtcp = bind_pair(
+            reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received
+        )
+        self._pool = pool
+        self.rtp_port, self.rtcp_port = port, port + 1
 
     def _close(self) -> Deferred[None]:
         """Stop both sockets; the pair goes back to the pool once they are closed."""
