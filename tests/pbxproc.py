@@ -72,6 +72,8 @@ class PBXProcess:
         self.sip_port = overrides.pop("sip_port", None) or free_port()
         self.api_port = free_port(socket.SOCK_STREAM, also_tcp=False)
         rtp_start = 40000 + (self.sip_port % 200) * 100
+        while rtp_start <= self.sip_port <= rtp_start + 98 or rtp_start <= self.api_port <= rtp_start + 98:
+            rtp_start = 40000 + (rtp_start - 40000 + 100) % 20000  # keep clear of our own listeners
         self.config = {
             "server": {
                 "sip_host": "127.0.0.1",
