@@ -45,7 +45,7 @@ def test_taken_sip_port_is_a_clear_error(tmp_path):
     with PBXProcess(tmp_path / "first") as first:
         result = run_twistd(tmp_path, {
             "server": {"sip_host": "127.0.0.1", "sip_port": first.sip_port,
-                       "rtp_port_range_start": 50000, "rtp_port_range_end": 50100},
+                       "rtp_port_range_start": 22000, "rtp_port_range_end": 22100},
             "api": {"port": free_port()},
             "database": {"path": str(tmp_path / "second.db")},
         })
