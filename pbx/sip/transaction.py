@@ -693,10 +693,7 @@ class TransactionLayer:
     ) -> ServerTransaction:
         """A new server transaction for a request that matched none."""
         key = self.server_key(request)
-        servers = self._servers
-        old = servers.get(key)
-        if old is not None and self._live(old) is not None:
-            raise ValueError(f"a server transaction already exists for {key!r}")
+        self._check_free(self._servers, key)
         txn = ServerTransaction(
             request,
             send,
@@ -707,10 +704,7 @@ class TransactionLayer:
             on_transport_error=on_transport_error,
             accepted_state=self.accepted_state,
         )
-        txn._registry = servers
-        txn._key = key
-        txn._expiry = self._expiry
-        servers[key] = txn
+        self._enrol(self._servers, key, txn)
         return txn
 
     def create_client(
@@ -728,10 +722,7 @@ class TransactionLayer:
         if not branch:
             raise ValueError("the request's top Via has no branch")
         key = (branch, request.cseq.method)
-        clients = self._clients
-        old = clients.get(key)
-        if old is not None and self._live(old) is not None:
-            raise ValueError(f"a client transaction already exists for {key!r}")
+        self._check_free(self._clients, key)
         txn = ClientTransaction(
             request,
             send,
@@ -742,12 +733,22 @@ class TransactionLayer:
             on_timeout,
             on_transport_error,
         )
-        txn._registry = clients
-        txn._key = key
-        txn._expiry = self._expiry
-        clients[key] = txn
+        self._enrol(self._clients, key, txn)
         txn.start()
         return txn
+
+    def _check_free(self, registry: dict, key: tuple) -> None:
+        """ValueError when a live transaction already has `key`."""
+        old = registry.get(key)
+        if old is not None and self._live(old) is not None:
+            raise ValueError(f"a transaction already exists for {key!r}")
+
+    def _enrol(self, registry: dict, key: tuple, txn: _Transaction) -> None:
+        """Put a new transaction in its registry; it removes itself when it terminates."""
+        txn._registry = registry
+        txn._key = key
+        txn._expiry = self._expiry
+        registry[key] = txn
 
     def match_client(self, response: Response) -> ClientTransaction | None:
         """The client transaction of a response (§17.1.3: branch and CSeq method)."""
