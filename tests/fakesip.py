@@ -181,11 +181,76 @@ class FakeLeg:
         self.remote = None
         self.history: list = []
 
+        self.music: tuple | None = None
+        self.adopted = None
+
     def set_remote(self, host: str, port: int) -> None:
         self.remote = (host, port)
         self.history.append(self.remote)
 
     update_remote = set_remote
+
+    def play_music(self, clock, pcm: bytes, codec: str, payload_type: int, ptime: int = 20) -> None:
+        self.music = (codec, payload_type, ptime)
+
+    def stop_music(self) -> None:
+        self.music = None
+
+    def adopt(self, handed):
+        self.adopted = handed
+        self.rtp_port = handed[0]
+        return succeed(None)
+
+
+class FakeEndpoint:
+    """A media endpoint's interface without sockets: answers with PCMU, logs what it is asked."""
+
+    def __init__(self, port: int) -> None:
+        self.rtp_port = port
+        self.on_dtmf = None
+        self.played: list[bytes] = []
+        self.infos: list[tuple[str, bytes]] = []
+        self.closed = False
+        self.detached = False
+        self.last_activity = None
+        self.offers = 0
+
+    def answer(self, offer) -> bytes:
+        self.offers += 1
+        return (
+            f"v=0\r\no=- 1 {self.offers} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {self.rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+        ).encode()
+
+    def info_received(self, content_type: str, body: bytes) -> bool:
+        self.infos.append((content_type, body))
+        if content_type == "application/dtmf-relay" and self.on_dtmf is not None:
+            self.on_dtmf(body.decode().split("Signal=")[1].split()[0])
+            return True
+        return False
+
+    def play(self, pcm: bytes, loop: bool = False):
+        from twisted.internet.defer import Deferred
+
+        self.played.append(pcm)
+        return Deferred()
+
+    play_then = play
+
+    def stop_playing(self) -> None:
+        pass
+
+    def stats(self) -> dict:
+        return {"local_port": self.rtp_port}
+
+    def detach(self):
+        self.detached = True
+        return (self.rtp_port, "rtp-socket", "rtcp-socket", None, None, None)
+
+    def close(self):
+        self.closed = True
+        return succeed(None)
 
 
 class FakeSession:

@@ -285,3 +285,58 @@ def test_session_close_waits_for_the_sockets():
         port.d.callback(None)
     assert done.called and pool.in_use == 0
     assert session.close().called
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_media_endpoint_hands_its_sockets_to_a_relay_leg():
+    """The auto attendant connects a caller: the caller keeps sending to the same port."""
+    from pbx.media.endpoint import MediaEndpoint
+
+    lab = Lab()
+    try:
+        alice, bob = lab.phone(), lab.phone()
+        endpoint = MediaEndpoint(reactor, lab.pool, HOST, HOST)
+        endpoint.answer(SessionDescription.parse(
+            f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
+            f"m=audio {alice.address[1]} RTP/AVP 0\r\n".encode()))
+        port = endpoint.rtp_port
+        alice.send(rtp(1), port)
+        await until(lambda: endpoint.latched is not None)
+        session = lab.relay.create_session()
+        own_port = session.leg_a.rtp_port
+        await session.leg_a.adopt(endpoint.detach())
+        session.leg_b.set_remote(*bob.address)
+        assert endpoint.closed and session.leg_a.rtp_port == port
+        assert lab.pool.in_use == 2 and own_port != port, "the leg's own pair went back to the pool"
+        alice.send(rtp(2), port)
+        bob.send(rtp(100), session.leg_b.rtp_port)
+        await until(lambda: bob.received and alice.received)
+        assert bob.received[0][0] == rtp(2)
+        assert alice.received[-1] == (rtp(100), (HOST, port)), "still latched to the caller"
+        await session.close()
+        assert lab.pool.in_use == 0
+    finally:
+        await lab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_music_on_hold_replaces_the_holders_audio_until_stopped():
+    lab = Lab()
+    try:
+        alice, bob = lab.phone(), lab.phone()
+        session = lab.relay.create_session()
+        connect(session, alice, bob)
+        tone = b"".join(struct.pack("<h", 8000 if (i // 10) % 2 else -8000) for i in range(1600))
+        session.leg_b.play_music(reactor, tone, "PCMA", 8)
+        alice.send(rtp(1), session.leg_a.rtp_port)  # the holder's audio must not reach bob
+        await until(lambda: len(bob.received) >= 5)
+        assert all(data[1] & 0x7F == 8 and len(data) == 172 for data, _ in bob.received)
+        assert rtp(1) not in [data for data, _ in bob.received]
+        session.leg_b.stop_music()
+        await settle()
+        count = len(bob.received)
+        alice.send(rtp(2), session.leg_a.rtp_port)
+        await until(lambda: len(bob.received) == count + 1)
+        assert bob.received[-1][0] == rtp(2)
+    finally:
+        await lab.close()

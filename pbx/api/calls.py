@@ -26,6 +26,8 @@ def _media(call: Any) -> dict[str, dict[str, Any]]:
         stats = call.media.stats() if call.media is not None else {}
     except Exception:  # a closing session must not break the listing
         stats = {}
+    if "a" not in stats and "b" not in stats and stats:
+        return {"a": stats, "b": {}}  # the PBX itself answers leg A (voicemail, attendant)
     return {"a": stats.get("a") or {}, "b": stats.get("b") or {}}
 
 

@@ -16,7 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from pbx.apps.session import CallEnded, EndpointSession
 
 from pbx.core.auth import DigestGate
 from pbx.core.cdr import CallRecord
@@ -34,6 +38,7 @@ from pbx.sip.sdp import (
     Origin,
     SDPError,
     SessionDescription,
+    codecs,
     connection_address,
     direction,
     is_hold,
@@ -126,6 +131,27 @@ class Call:
     pending: Any = None  # an in-dialog INVITE being relayed: (origin side, server transaction)
     timers: dict[str, Any] = field(default_factory=dict)
     retransmit: Any = None
+    voicemail_box: str | None = None  # where the call goes when nobody answers
+    app: Any = None  # the media application answering leg A (voicemail, attendant)
+    session: EndpointSession | None = None  # while the application owns leg A
+    outcome: tuple[str, str] | None = None  # (disposition, cause) of an application call
+    a_answer: bytes | None = None  # the PBX's own SDP answer to A (application calls)
+    connecting: Deferred[bool] | None = None  # the application hands the caller over: ringing B
+    pending_media: Any = None  # the relay session B rings on until B answers
+
+
+@dataclass
+class Plan:
+    """What a dialled number leads to: phones to ring, or an application answering."""
+
+    stages: list[tuple[str, list[str]]] = field(default_factory=list)
+    ring_timeout: float | None = None
+    media: Any = None
+    app: Any = None
+    outcome: tuple[str, str] | None = None
+    answered_by: str | None = None
+    voicemail_box: str | None = None
+    answer: bytes | None = None  # the application's SDP answer
 
 
 class B2BUA:
@@ -153,6 +179,9 @@ class B2BUA:
         lookup_ha1: Callable[[str, str], str | None] | None = None,
         t1: float = 0.5,
         t2: float = 4.0,
+        applications: Any = None,
+        endpoints: Callable[[str], Any] | None = None,
+        voicemail_timeout: float | None = None,
     ) -> None:
         self.core = core
         self.location = location
@@ -172,6 +201,11 @@ class B2BUA:
         self.gate = DigestGate(core, authenticator, lookup_ha1 or (lambda user, algorithm: None))
         self.t1 = t1
         self.t2 = t2
+        #: `pbx.apps.router.Applications`: voicemail, attendant, music on hold (None: calls only).
+        self.applications = applications
+        #: Makes a `MediaEndpoint` advertising the given address (NoPortsAvailable when none).
+        self.endpoints = endpoints
+        self.voicemail_timeout = voicemail_timeout
         self.calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self._by_invite: dict[int, Call] = {}
@@ -248,7 +282,7 @@ class B2BUA:
             start=self.clock.seconds(),
         )
         try:
-            stages, ring_timeout, media = self._plan(caller, number)
+            plan = self._plan(caller, number, offer, peer.host)
         except SIPError as error:
             # Refused attempts leave a record too (who tried to call whom, and why not).
             cause = {404: "not-found", 480: "not-registered", 486: "busy", 503: "no-ports"}.get(error.status, "rejected")
@@ -258,17 +292,30 @@ class B2BUA:
                 lambda f: self.log.failure("could not write the record of call {call}", f, call=record.call_id)
             )
             raise
-        self._start_call(request, transaction, peer, caller, number, offer, record, stages, ring_timeout, media)
+        self._start_call(request, transaction, peer, caller, number, offer, record, plan)
 
-    def _plan(self, caller: str, number: str) -> tuple[list[tuple[str, list[str]]], float | None, Any]:
+    def _plan(self, caller: str, number: str, offer: SessionDescription, peer_host: str) -> Plan:
         """Who to ring, in which stages, and the media session; SIPError when nobody."""
         route = self.dialplan.route(number, caller)
         if isinstance(route, NotFound):
             raise SIPNotFound(route.reason, reason=_reason_phrase(route.reason, "Not Found"))
+        apps = self.applications
         if isinstance(route, VoicemailTarget):
-            raise Unavailable("voicemail is not available yet", reason="Voicemail Not Available")
+            if apps is None or self.endpoints is None:
+                raise Unavailable("voicemail is not configured", reason="Voicemail Not Available")
+            self._check_limit(caller, number)
+            endpoint, answer = self._endpoint(offer, peer_host)
+            return Plan(app=apps.access(route.mailbox), outcome=("answered", "voicemail-access"),
+                        answered_by="voicemail", media=endpoint, answer=answer)
         if isinstance(route, AttendantTarget):
-            raise SIPNotFound("the auto attendant is not available yet", reason="Auto Attendant Not Available")
+            app = apps.attendant() if apps is not None and self.endpoints is not None else None
+            if app is None:
+                raise SIPNotFound("the auto attendant is not configured", reason="Auto Attendant Not Available")
+            self._check_limit(caller, number)
+            endpoint, answer = self._endpoint(offer, peer_host)
+            return Plan(app=app, outcome=("answered", "attendant"), answered_by="attendant",
+                        media=endpoint, answer=answer)
+        voicemail_box = None
         if isinstance(route, GroupTarget):
             group = route.group
             stages = (
@@ -281,21 +328,44 @@ class B2BUA:
             assert isinstance(route, ExtensionTarget)
             stages = [(route.number, [route.number])]
             ring_timeout = None
+            if apps is not None and self.endpoints is not None and apps.voicemail_enabled(route.number):
+                voicemail_box = route.number
         if not any(self.location.lookup(m) for _, members in stages for m in members):
+            if voicemail_box is not None:
+                self._check_limit(caller, number)
+                endpoint, answer = self._endpoint(offer, peer_host)
+                return Plan(app=apps.deposit(voicemail_box), outcome=("missed", "voicemail-not-registered"),
+                            media=endpoint, answer=answer)
             raise Unavailable("callee not registered", reason="Not Registered")
-        limit = self.max_calls_per_extension
-        if limit and self.active_calls_of(caller) >= limit:
-            raise BusyHere("caller has too many calls", reason="Too Many Calls")
+        self._check_limit(caller, number)
         try:
             media = self.relay.create_session()
         except NoPortsAvailable:
             self.log.warn("no free RTP ports for a call from {caller} to {number}", caller=caller, number=number)
             raise ServiceUnavailable("no free media ports", reason="No Media Ports") from None
-        return stages, ring_timeout, media
+        return Plan(stages, ring_timeout, media, voicemail_box=voicemail_box)
+
+    def _check_limit(self, caller: str, number: str) -> None:
+        limit = self.max_calls_per_extension
+        if limit and self.active_calls_of(caller) >= limit:
+            raise BusyHere("caller has too many calls", reason="Too Many Calls")
+
+    def _endpoint(self, offer: SessionDescription, peer_host: str) -> tuple[Any, bytes]:
+        """A media endpoint and its answer to `offer`; 503 without ports, 488 without a common codec."""
+        assert self.endpoints is not None
+        try:
+            endpoint = self.endpoints(self.advertised_host(peer_host))
+        except NoPortsAvailable:
+            raise ServiceUnavailable("no free media ports", reason="No Media Ports") from None
+        try:
+            answer = endpoint.answer(offer)
+        except SDPError as error:
+            endpoint.close()
+            raise NotAcceptableHere(str(error), reason="Incompatible Media") from None
+        return endpoint, answer
 
     def _start_call(self, request: Request, transaction: ServerTransaction, peer: Peer, caller: str, number: str,
-                    offer: SessionDescription, record: CallRecord, stages: list, ring_timeout: float | None,
-                    media: Any) -> None:
+                    offer: SessionDescription, record: CallRecord, plan: Plan) -> None:
         self.core.respond(transaction, request, 100, "Trying")
         host = self.advertised_host(peer.host)
         call_id = record.call_id
@@ -309,7 +379,7 @@ class B2BUA:
             a_request=request,
             a_transaction=transaction,
             a_dialog=a_dialog,
-            media=media,
+            media=plan.media,
             b_call_id=new_call_id(host),
             b_tag=b_tag,
             b_from=f"{name}<sip:{caller}@{host}>",
@@ -317,17 +387,23 @@ class B2BUA:
             a_origin=Origin(address=host),
             b_origin=Origin(address=host),
             caller=caller,
-            targets=stages,
-            ring_timeout=ring_timeout,
+            targets=plan.stages,
+            ring_timeout=plan.ring_timeout,
+            voicemail_box=plan.voicemail_box,
         )
-        media.leg_a.set_remote(*_media_address(offer, peer.host))
         self.calls[call_id] = call
         self._dialogs[a_dialog.key] = (call, "a")
         self._dialogs[(call.b_call_id, b_tag)] = (call, "b")
         self._by_invite[id(transaction)] = call
         self._start_cdr(call)
         self.events.emit("call.incoming", **record.as_event())
+        if plan.app is not None:
+            self._answer_with_app(call, plan.media, plan.answer, plan.app, plan.outcome, plan.answered_by)
+            return
+        call.media.leg_a.set_remote(*_media_address(offer, peer.host))
         timeout = self.no_answer_timeout
+        if call.voicemail_box is not None and self.voicemail_timeout:
+            timeout = self.voicemail_timeout
         if timeout:
             call.timers["no_answer"] = self.clock.callLater(timeout, self._no_answer, call)
         self._next_stage(call)
@@ -351,8 +427,10 @@ class B2BUA:
 
     def _fork(self, call: Call, member: str, binding: Binding) -> None:
         host = self.advertised_host(binding.source_host)
-        offer = SessionDescription.parse(call.a_request.body)
-        body = rewrite_for_relay(offer, host, [call.media.leg_b.rtp_port], call.b_origin)
+        # A caller handed over by an application already has its codec: offer B exactly that.
+        offer = SessionDescription.parse(call.a_answer if call.connecting is not None else call.a_request.body)
+        media = call.pending_media if call.connecting is not None else call.media
+        body = rewrite_for_relay(offer, host, [media.leg_b.rtp_port], call.b_origin)
         headers = Headers()
         transport = binding.transport
         headers.add("Via", f"SIP/2.0/{transport} {host}:{self.sip_port};branch={new_branch()};rport")
@@ -435,6 +513,9 @@ class B2BUA:
         )
         update_from_response(dialog, response)
         self._ack(dialog, 1)
+        if call.connecting is not None and call.winner is None:
+            self._connected(call, fork, dialog, response)
+            return
         if call.state != "ringing" or call.winner is not None:
             # A second fork answered too late, or the caller gave up: hang it up.
             self._bye(dialog)
@@ -467,31 +548,44 @@ class B2BUA:
         if fork.final is not None:
             return
         fork.final = status
-        if call.state != "ringing":
+        if call.state != "ringing" and call.connecting is None:
             return
         if any(f.final is None for f in call.forks):
             return
         if call.targets and self._next_stage(call):
             return
+        if call.connecting is not None:
+            self._connect_failed(call)
+            return
         code, reason, cause = caller_status([f.final or 480 for f in call.forks])
+        if call.voicemail_box is not None and status != 487:
+            self._divert(call, code, reason, cause)
+            return
         self._fail(call, code, reason, cause)
 
     def _stage_timeout(self, call: Call) -> None:
         call.timers.pop("stage", None)
-        if call.state != "ringing":
+        if call.state != "ringing" and call.connecting is None:
             return
         for fork in call.forks:
             self._cancel_fork(fork)
-        if not self._next_stage(call):
+        if self._next_stage(call):
+            return
+        if call.connecting is not None:
+            self._connect_failed(call)
+        else:
             self._fail(call, 408, "Request Timeout", "no-answer", disposition="missed")
 
     def _no_answer(self, call: Call) -> None:
         call.timers.pop("no_answer", None)
         if call.state != "ringing":
             return
-        self._fail(call, 408, "Request Timeout", "no-answer", disposition="missed")
         for fork in call.forks:
             self._cancel_fork(fork)
+        if call.voicemail_box is not None:
+            self._divert(call, 408, "Request Timeout", "no-answer")
+        else:
+            self._fail(call, 408, "Request Timeout", "no-answer", disposition="missed")
 
     def _fail(self, call: Call, status: int, reason: str, cause: str, disposition: str | None = None) -> None:
         if call.state == "ended":
@@ -502,6 +596,171 @@ class B2BUA:
             if status in (408, 480) and cause in ("no-answer",):
                 disposition = "missed"
         self._end(call, disposition, cause, "pbx" if status != 486 else "callee")
+
+    # -- media applications ------------------------------------------------
+
+    def _divert(self, call: Call, status: int, reason: str, cause: str) -> None:
+        """Nobody took the call: the callee's voicemail answers instead (else the caller gets `status`)."""
+        box, call.voicemail_box = call.voicemail_box, None
+        assert box is not None and self.applications is not None
+        for fork in call.forks:
+            self._cancel_fork(fork)
+        try:
+            endpoint, answer = self._endpoint(SessionDescription.parse(call.a_request.body), call.a_dialog.host)
+        except SIPError as error:
+            self.log.warn("voicemail of {box} cannot answer: {error}", box=box, error=str(error))
+            self._fail(call, status, reason, cause, disposition="missed" if cause == "no-answer" else None)
+            return
+        relay, call.media = call.media, None
+        if relay is not None:
+            relay.close()
+        self._answer_with_app(call, endpoint, answer, self.applications.deposit(box), ("missed", f"voicemail-{cause}"),
+                              None)
+
+    def _answer_with_app(self, call: Call, endpoint: Any, answer: bytes, app: Any, outcome: tuple[str, str] | None,
+                         answered_by: str | None) -> None:
+        """The PBX answers leg A itself; the application starts once A has ACKed."""
+        call.media = endpoint
+        call.app = app
+        call.outcome = outcome
+        call.a_answer = answer
+        call.state = "answered"
+        call.record.answer = self.clock.seconds()
+        call.record.answered_by = answered_by
+        self._cancel_timer(call, "no_answer")
+        self._cancel_timer(call, "stage")
+        reply = self._a_response(call, 200, "OK")
+        reply.body = answer
+        reply.headers.add("Content-Type", "application/sdp")
+        self._send_2xx(call, call.a_transaction, reply, lambda: self._no_ack(call))
+        self._update_cdr(call)
+
+    def _run_app(self, call: Call) -> None:
+        session = EndpointSession(
+            call.media, self.clock,
+            caller=call.caller, caller_name=call.record.caller_name, dialled=call.record.callee,
+            connect=lambda number: self._connect(call, number),
+            hangup=lambda: self._hangup(call, "normal"),
+            ringback=self.applications.ringback() if self.applications is not None else None,
+        )  # fmt: skip
+        call.session = session
+
+        def finished(result: object) -> None:
+            if isinstance(result, Failure) and not result.check(CallEnded):
+                self.log.failure("the application of call {call} failed", result, call=call.id)
+            if call.session is session:
+                call.session = None
+                if call.state == "answered":
+                    self._hangup(call, "normal")
+
+        ensureDeferred(call.app(session)).addBoth(finished)
+
+    def _app_request(self, call: Call, request: Request, transaction: ServerTransaction) -> None:
+        """An in-dialog request from a caller whose leg the PBX terminates itself."""
+        endpoint = call.media
+        method = request.method
+        content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if method == "INFO":
+            known = endpoint.info_received(content_type, request.body or b"")
+            self.core.respond(transaction, request, 200 if known else 415, "OK" if known else "Unsupported Media Type")
+        elif method in ("INVITE", "UPDATE") and request.body and content_type == "application/sdp":
+            try:
+                answer = endpoint.answer(SessionDescription.parse(request.body))
+            except SDPError:
+                self.core.respond(transaction, request, 488, "Not Acceptable Here")
+                return
+            call.a_answer = answer
+            reply = self.core.response(request, 200, "OK")
+            reply.headers.add("Contact", self.contact(call.a_origin.address, call.a_dialog.transport))
+            reply.body = answer
+            reply.headers.add("Content-Type", "application/sdp")
+            if method == "INVITE":
+                self._send_2xx(call, transaction, reply, lambda: None)
+            else:
+                transaction.respond(reply)
+        elif method in ("OPTIONS", "INVITE", "UPDATE"):
+            self.core.respond(transaction, request, 200, "OK", [("Allow", ALLOW)])
+        else:
+            self.core.respond(transaction, request, 405, "Method Not Allowed", [("Allow", ALLOW)])
+
+    def _connect(self, call: Call, number: str) -> Deferred[bool]:
+        """Ring `number` for a caller an application holds; True once B answered and the media is handed over."""
+        if call.state != "answered" or call.b_dialog is not None or call.connecting is not None:
+            return succeed(False)
+        route = self.dialplan.route(number, call.caller)
+        if isinstance(route, GroupTarget):
+            group = route.group
+            stages = ([(group.number, list(group.members))] if group.strategy == "ringall"
+                      else [(member, [member]) for member in group.members])  # fmt: skip
+            ring_timeout: float | None = float(group.ring_timeout)
+        elif isinstance(route, ExtensionTarget):
+            stages, ring_timeout = [(route.number, [route.number])], None
+        else:
+            return succeed(False)
+        if not any(self.location.lookup(m) for _, members in stages for m in members):
+            return succeed(False)
+        try:
+            call.pending_media = self.relay.create_session()
+        except NoPortsAvailable:
+            return succeed(False)
+        # A fresh B dialog for every attempt: a phone that refused the last one must not see a merged request.
+        host = call.b_origin.address
+        self._dialogs.pop((call.b_call_id, call.b_tag), None)
+        call.b_call_id, call.b_tag, call.b_to = new_call_id(host), new_tag(), f"<sip:{number}@{host}>"
+        self._dialogs[(call.b_call_id, call.b_tag)] = (call, "b")
+        call.forks, call.targets, call.ring_timeout = [], stages, ring_timeout
+        connecting: Deferred[bool] = Deferred()
+        call.connecting = connecting
+        if self.no_answer_timeout:
+            call.timers["connect"] = self.clock.callLater(self.no_answer_timeout, self._connect_timeout, call)
+        if not self._next_stage(call):
+            self._connect_failed(call)
+        return connecting
+
+    def _connect_timeout(self, call: Call) -> None:
+        call.timers.pop("connect", None)
+        if call.connecting is not None:
+            self._connect_failed(call)
+
+    def _connect_failed(self, call: Call) -> None:
+        self._cancel_timer(call, "connect")
+        self._cancel_timer(call, "stage")
+        for fork in call.forks:
+            self._cancel_fork(fork)
+        media, call.pending_media = call.pending_media, None
+        if media is not None:
+            media.close()
+        connecting, call.connecting = call.connecting, None
+        if connecting is not None:
+            connecting.callback(False)
+
+    def _connected(self, call: Call, fork: Fork, dialog: Dialog, response: Response) -> None:
+        """B answered a caller an application held: B's relay leg A takes over the endpoint's sockets."""
+        fork.final = response.status
+        try:
+            answer = SessionDescription.parse(response.body)
+        except SDPError:
+            self._bye(dialog)
+            self._fork_failed(call, fork, 488)
+            return
+        call.winner = fork
+        call.b_dialog = dialog
+        for other in call.forks:
+            if other is not fork:
+                self._cancel_fork(other)
+        self._cancel_timer(call, "connect")
+        self._cancel_timer(call, "stage")
+        media, call.pending_media = call.pending_media, None
+        media.leg_b.set_remote(*_media_address(answer, fork.binding.source_host))
+        endpoint, call.media = call.media, media
+        media.leg_a.adopt(endpoint.detach())
+        call.record.answered_by = fork.member
+        call.outcome = None
+        call.session = None  # the application is done with this caller
+        connecting, call.connecting = call.connecting, None
+        self._update_cdr(call)
+        if connecting is not None:
+            connecting.callback(True)
 
     # -- CANCEL ------------------------------------------------------------
 
@@ -568,7 +827,10 @@ class B2BUA:
                 self._call_up(call)
 
     def _call_up(self, call: Call) -> None:
-        self.events.emit("call.answered", **call.record.as_event())
+        if call.outcome is None or call.outcome[0] == "answered":
+            self.events.emit("call.answered", **call.record.as_event())
+        if call.app is not None:
+            self._run_app(call)
         if self.max_call_duration:
             call.timers["max_duration"] = self.clock.callLater(self.max_call_duration, self._hangup, call, "max-duration")
         if self.rtp_timeout:
@@ -597,6 +859,9 @@ class B2BUA:
         if not dialog.check_remote_cseq(request):
             self.core.respond(transaction, request, 500, "CSeq Out of Order")
             return
+        if side == "a" and call.app is not None and call.b_dialog is None and request.method != "BYE":
+            self._app_request(call, request, transaction)
+            return
         if request.method == "BYE":
             self.core.respond(transaction, request, 200, "OK")
             other = call.b_dialog if side == "a" else call.a_dialog
@@ -621,6 +886,8 @@ class B2BUA:
         assert target is not None
         body = request.body
         content_type = request.headers.get("content-type")
+        holding: bool | None = None  # an offer: whether it puts the other phone on hold
+        inactive: list[int] = []  # streams the holder made inactive: its answer must stay inactive
         if body and (content_type or "").lower().startswith("application/sdp"):
             try:
                 offer = SessionDescription.parse(body)
@@ -632,11 +899,21 @@ class B2BUA:
             this_leg.update_remote(*_media_address(offer, source.host))
             other_leg = call.media.leg_b if side == "a" else call.media.leg_a
             origin = call.b_origin if side == "a" else call.a_origin
-            if is_hold(offer):
+            holding = is_hold(offer)
+            if holding:
                 # RFC 2543 hold (c=0.0.0.0) must stay hold once the relay's
                 # address replaces 0.0.0.0: say it with a direction instead.
+                # With music on hold the PBX sends to the held phone, so it
+                # is told "sendonly" even when the holder said "inactive".
+                music = self._music() is not None
                 for index, media in enumerate(offer.media):
-                    if connection_address(offer, media) == "0.0.0.0" and direction(offer, media) == "sendrecv":
+                    if media.port == 0:
+                        continue
+                    said = direction(offer, media)
+                    if said == "inactive" and music:
+                        inactive.append(index)
+                        offer = set_direction(offer, index, "sendonly")
+                    elif connection_address(offer, media) == "0.0.0.0" and said == "sendrecv":
                         offer = set_direction(offer, index, "sendonly")
             body = rewrite_for_relay(offer, origin.address, [other_leg.rtp_port], origin)
         host = (call.b_origin if other_side == "b" else call.a_origin).address
@@ -671,6 +948,11 @@ class B2BUA:
                     other_leg = call.media.leg_b if side == "a" else call.media.leg_a
                     this_leg = call.media.leg_a if side == "a" else call.media.leg_b
                     other_leg.update_remote(*_media_address(answer, target.host))
+                    if holding is not None and 200 <= response.status < 300:
+                        self._hold_music(other_leg, answer if holding else None)
+                    for index in inactive:
+                        if index < len(answer.media):
+                            answer = set_direction(answer, index, "inactive")
                     origin = call.a_origin if side == "a" else call.b_origin
                     reply.body = rewrite_for_relay(answer, origin.address, [this_leg.rtp_port], origin)
                     reply.headers.add("Content-Type", "application/sdp")
@@ -691,6 +973,27 @@ class B2BUA:
             outgoing, self.core.sender(target.transport, target.host, target.port), target.transport != "UDP",
             on_response, on_timeout,
         )  # fmt: skip
+
+    def _music(self) -> bytes | None:
+        return self.applications.music_on_hold() if self.applications is not None else None
+
+    def _hold_music(self, leg: Any, answer: SessionDescription | None) -> None:
+        """Music to the held phone (`leg` faces it) in the codec it answered with; None resumes."""
+        if answer is None:
+            leg.stop_music()
+            return
+        pcm = self._music()
+        if pcm is None:
+            return
+        for media in answer.media:
+            if media.media != "audio" or media.port == 0:
+                continue
+            for pt, name, rate in codecs(media):
+                if name.upper() in ("PCMU", "PCMA") and rate == 8000:
+                    leg.play_music(self.clock, pcm, name.upper(), pt, media.ptime or 20)
+                    return
+            break
+        self.log.info("no G.711 codec for music on hold on media {session}", session=call_session_id(leg))
 
     # -- requests the PBX originates --------------------------------------
 
@@ -783,6 +1086,13 @@ class B2BUA:
         for name in list(call.timers):
             self._cancel_timer(call, name)
         self._stop_retransmit(call)
+        if call.outcome is not None and disposition == "answered":
+            disposition, cause = call.outcome[0], call.outcome[1] if cause == "normal" else cause
+        session, call.session = call.session, None
+        if session is not None:
+            session.ended()
+        if call.connecting is not None:
+            self._connect_failed(call)
         record = call.record
         record.finish(self.clock.seconds(), disposition, cause, side)
         self.calls.pop(call.id, None)
@@ -830,6 +1140,10 @@ def _media_address(sdp: SessionDescription, fallback_host: str) -> tuple[str, in
                 address = fallback_host
             return address, media.port
     return fallback_host, 0
+
+
+def call_session_id(leg: Any) -> Any:
+    return getattr(getattr(leg, "session", None), "id", None)
 
 
 def _reason_phrase(text: str, default: str) -> str:

@@ -325,6 +325,25 @@ class MediaEndpoint:
         self._closing.addBoth(lambda result: (d.callback(None), result)[1])
         return d
 
+    def detach(self) -> tuple[int, Any, Any, PortPool | None, Address | None, Address | None]:
+        """Hand the sockets over to a relay leg (the call is connected elsewhere):
+        (rtp port, rtp socket, rtcp socket, pool, SDP address, latched address).
+
+        The phone keeps sending to the same port, so no re-INVITE is needed.
+        Playing and recording stop; the endpoint counts as closed.
+        """
+        if self._closing is not None or self._rtp is None:
+            raise RuntimeError("the media endpoint is already closed")
+        if self.player is not None:
+            self.player.close()
+        if self.recorder is not None:
+            self.recorder.stop()
+        handed = (self.rtp_port, self._rtp, self._rtcp, self._pool, self.remote_rtp, self.latched)
+        self._rtp = self._rtcp = None
+        self._pool = None
+        self._closing = succeed(None)
+        return handed
+
     def _close_sockets(self) -> Deferred[None]:
         sockets = [s for s in (self._rtp, self._rtcp) if s is not None]
         self._rtp = self._rtcp = None

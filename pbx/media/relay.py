@@ -39,7 +39,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from pbx.media.portpool import NoPortsAvailable, PortPool
-from pbx.media.sockets import bind_pair
+from pbx.media.player import Player
+from pbx.media.sockets import bind_pair, retarget
 from pbx.media.rtp import STATIC_CLOCK_RATES, STATIC_PAYLOAD_TYPES, RTPStats
 
 Address = tuple[str, int]
@@ -77,6 +78,8 @@ class MediaLeg:
         self.unroutable = 0  # received while the other phone's address was unknown
         self.send_errors = 0
         self._codecs: dict[int, str] = {}
+        #: Music on hold towards this leg's phone; while it plays, the other phone's audio is not forwarded.
+        self.music: Player | None = None
         self._rtp: IListeningPort | None = None
         self._rtcp: IListeningPort | None = None
         self._pool: PortPool | None = None
@@ -175,6 +178,8 @@ class MediaLeg:
         self.rtp_stats.update(data, now)
         self.session.last_activity = now
         peer = self.peer
+        if peer.music is not None:
+            return
         target = peer.latched or peer.remote_rtp
         if target is None:
             self.unroutable += 1
@@ -226,7 +231,48 @@ class MediaLeg:
         )
         self.latched = addr
 
+    # -- music on hold --------------------------------------------------------------
+
+    def play_music(self, reactor: Any, pcm: bytes, codec: str, payload_type: int, ptime: int = 20) -> None:
+        """Play `pcm` looped to this leg's phone (it is on hold) instead of the other phone's audio."""
+        self.stop_music()
+        self.music = Player(reactor, self._send_music, codec, payload_type, ptime)
+        self.music.play(pcm, loop=True)
+
+    def stop_music(self) -> None:
+        music, self.music = self.music, None
+        if music is not None:
+            music.close()
+
+    def _send_music(self, packet: bytes) -> None:
+        target = self.latched or self.remote_rtp
+        if target is None or self._rtp is None:
+            return
+        try:
+            self._rtp.write(packet, target)
+        except OSError:
+            self.send_errors += 1
+            return
+        self.packets_out += 1
+        self.bytes_out += len(packet)
+
     # -- sockets ----------------------------------------------------------------
+
+    def adopt(self, handed: tuple[int, Any, Any, PortPool | None, Address | None, Address | None]) -> Deferred[None]:
+        """Take over a media endpoint's sockets (`MediaEndpoint.detach`), closing this leg's own.
+
+        The phone already sends to the endpoint's port; it stays latched.
+        """
+        port, rtp, rtcp, pool, remote, latched = handed
+        own = self._close()
+        self._rtp, self._rtcp, self._pool = rtp, rtcp, pool
+        self.rtp_port, self.rtcp_port = port, port + 1
+        retarget(rtp, self._rtp_received)
+        retarget(rtcp, self._rtcp_received)
+        if remote is not None:
+            self.set_remote(*remote)
+        self.latched = latched
+        return own
 
     def _bind(self, reactor: Any, interface: str, pool: PortPool, attempts: int) -> None:
         port, self._rtp, self._rtcp = bind_pair(
@@ -237,6 +283,7 @@ class MediaLeg:
 
     def _close(self) -> Deferred[None]:
         """Stop both sockets; the pair goes back to the pool once they are closed."""
+        self.stop_music()
         sockets = [s for s in (self._rtp, self._rtcp) if s is not None]
         self._rtp = self._rtcp = None
         if not sockets:

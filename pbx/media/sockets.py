@@ -29,6 +29,12 @@ class DatagramSink(DatagramProtocol):
         self._receive(data, addr)
 
 
+def retarget(port: Any, receive: Receiver) -> None:
+    """Send a bound socket's datagrams to another function (a media endpoint's
+    sockets becoming a relay leg's, so the phone keeps the address it was given)."""
+    port.protocol._receive = receive
+
+
 def bind_pair(reactor: Any, pool: PortPool, interface: str, attempts: int,
               on_rtp: Receiver, on_rtcp: Receiver) -> tuple[int, IListeningPort, IListeningPort]:
     """Bind an even RTP port and RTCP on the next one, trying other pairs when one is taken.
