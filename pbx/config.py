@@ -44,6 +44,7 @@ __all__ = [
     "AUTH_ALGORITHMS",
     "ApiConfig",
     "AuthConfig",
+    "AutoAttendantConfig",
     "Config",
     "ConfigError",
     "DatabaseConfig",
@@ -55,9 +56,12 @@ __all__ = [
     "IntegrationsConfig",
     "JitsiConfig",
     "MatrixConfig",
+    "MENU_KEYS",
+    "MusicOnHoldConfig",
     "RegistrarConfig",
     "ServerConfig",
     "SipConfig",
+    "VoicemailConfig",
     "ZoomConfig",
     "load_config",
     "parse_config",
@@ -65,6 +69,8 @@ __all__ = [
 
 AUTH_ALGORITHMS = ("MD5", "SHA-256")
 GROUP_STRATEGIES = ("ringall", "hunt")
+#: The keys of a phone keypad an attendant menu option may be bound to.
+MENU_KEYS = "0123456789*#"
 HIDDEN = "<hidden>"
 
 
@@ -101,6 +107,8 @@ def _integer(low: int | None = None, high: int | None = None, *, even: bool = Fa
         expected = f"an integer {low}-{high}"
     elif low == 1:
         expected = "a positive integer"
+    elif low is not None:
+        expected = f"an integer >= {low}"
     else:
         expected = "an integer"
     if even:
@@ -124,17 +132,29 @@ _port = _integer(1, 65535)
 _positive_int = _integer(1)
 
 
-def _positive_float(value: Any) -> float:
+def _finite(value: Any, expected: str) -> float:
     if isinstance(value, _EnvStr):
         try:
             value = float(value)
         except ValueError:
             pass
-    if not (_is_int(value) or isinstance(value, float)):
-        raise _Invalid("a positive number")
-    if not (math.isfinite(value) and value > 0):
-        raise _Invalid("a positive number")
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+        raise _Invalid(expected)
     return float(value)
+
+
+def _positive_float(value: Any) -> float:
+    number = _finite(value, "a positive number")
+    if not number > 0:
+        raise _Invalid("a positive number")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    number = _finite(value, "a number >= 0")
+    if number < 0:
+        raise _Invalid("a number >= 0")
+    return number
 
 
 _BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -168,6 +188,24 @@ def _digits(value: Any) -> str:
         value = str(value)
     if not isinstance(value, str) or not value.isascii() or not value.isdigit():
         raise _Invalid("a string of digits")
+    return str(value)
+
+
+def _dialstring(value: Any) -> str:
+    """A number as dialled on a keypad: digits, * and # (unquoted 8000 is an int)."""
+    if _is_int(value) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9*#]+", value):
+        raise _Invalid("a string of digits, * and #")
+    return str(value)
+
+
+def _menu_key(value: Any) -> str:
+    """One keypad key; YAML reads an unquoted ``1:`` as the integer 1."""
+    if _is_int(value) and 0 <= value <= 9:
+        value = str(value)
+    if not isinstance(value, str) or len(value) != 1 or value not in MENU_KEYS:
+        raise _Invalid("a single key 0-9, * or #")
     return str(value)
 
 
@@ -259,14 +297,14 @@ class _ListOf:
 
 @dataclass(frozen=True)
 class _MapOf:
-    """A YAML mapping with free names, each value checked."""
+    """A YAML mapping with free names, each value checked.
+
+    With a ``key`` check the names are data (keypad keys, say) rather than
+    names: they are checked too and errors name an item as ``path["k"]``.
+    """
 
     value: Any
-
-
-@dataclass(frozen=True)
-class _FreeForm:
-    """Kept as written (mapping or list) until later work defines it."""
+    key: Any = None
 
 
 def _field(check: Any, default: Any = MISSING, *, secret: bool = False) -> Any:
@@ -474,6 +512,63 @@ class IntegrationsConfig:
 
 
 @dataclass(frozen=True)
+class VoicemailConfig:
+    """Voicemail: where recordings go and how long the PBX waits and records.
+
+    Recordings are WAV files under ``storage_path`` (relative to the working
+    directory), their metadata in the database; one shorter than
+    ``min_message_duration`` is a caller who hung up at the beep and is
+    dropped.  ``prompts_directory`` overrides single shipped prompts by file
+    name; prompts it lacks come from the project's own ``prompts``.
+    """
+
+    enabled: bool = _field(_boolean, True)
+    storage_path: str = _field(_non_empty, "voicemail")
+    no_answer_timeout: int = _field(_positive_int, 20)
+    max_message_duration: int = _field(_positive_int, 180)
+    min_message_duration: float = _field(_non_negative_float, 1.0)
+    silence_timeout: int = _field(_zero_means("off"), 5)
+    max_greeting_duration: int = _field(_positive_int, 60)
+    pin_attempts: int = _field(_positive_int, 3)
+    prompts_directory: str | None = _field(_optional(_non_empty), None)
+
+    def __post_init__(self) -> None:
+        if self.min_message_duration >= self.max_message_duration:
+            raise ConfigError(
+                "voicemail.min_message_duration: expected a number below "
+                f"voicemail.max_message_duration ({self.max_message_duration}), "
+                f"got {_show(self.min_message_duration, False)}"
+            )
+
+
+@dataclass(frozen=True)
+class AutoAttendantConfig:
+    """The menu callers reach on ``extension``: one key connects a number.
+
+    After ``timeout`` seconds without a key, or an invalid one, the menu is
+    repeated up to ``max_retries`` times; then the caller goes to
+    ``operator_extension``, or hears goodbye when there is none.
+    """
+
+    extension: str | None = _field(_optional(_dialstring), None)
+    greeting: str = _field(_non_empty, "aa-welcome")
+    menu_options: dict[str, str] = _field(_MapOf(_dialstring, key=_menu_key), {})
+    timeout: int = _field(_positive_int, 5)
+    max_retries: int = _field(_integer(0), 3)
+    operator_extension: str | None = _field(_optional(_dialstring), None)
+    dial_by_extension: bool = _field(_boolean, True)
+
+
+@dataclass(frozen=True)
+class MusicOnHoldConfig:
+    """What a held caller hears: the shipped ``prompts/moh.wav``, or every
+    ``*.wav`` in ``directory`` in name order, looped."""
+
+    enabled: bool = _field(_boolean, True)
+    directory: str | None = _field(_optional(_non_empty), None)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file.  ``warnings`` lists what was ignored, for the log."""
 
@@ -486,9 +581,9 @@ class Config:
     dialplan: dict[str, str] = _field(_MapOf(_regex), {"internal": "^[1-9][0-9]{3}$"})
     extensions: tuple[ExtensionConfig, ...] = _field(_ListOf(ExtensionConfig), ())
     features: FeaturesConfig = _field(FeaturesConfig)
-    voicemail: Any = _field(_FreeForm(), {})
-    auto_attendant: Any = _field(_FreeForm(), {})
-    music_on_hold: Any = _field(_FreeForm(), {})
+    voicemail: VoicemailConfig = _field(VoicemailConfig)
+    auto_attendant: AutoAttendantConfig = _field(AutoAttendantConfig)
+    music_on_hold: MusicOnHoldConfig = _field(MusicOnHoldConfig)
     groups: tuple[GroupConfig, ...] = _field(_ListOf(GroupConfig), ())
     integrations: IntegrationsConfig = _field(IntegrationsConfig)
     warnings: tuple[str, ...] = field(default=(), compare=False)
@@ -523,12 +618,9 @@ class Config:
                         f'groups[{index}].members[{position}]: duplicate member "{member}" '
                         f"(already groups[{index}].members[{earlier}])"
                     )
-        attendant = self.auto_attendant.get("extension") if isinstance(self.auto_attendant, dict) else None
-        if attendant is not None:
-            text = str(attendant) if _is_int(attendant) and attendant >= 0 else attendant
+        text = self.auto_attendant.extension
+        if text is not None:
             key = "auto_attendant.extension"
-            if not isinstance(text, str) or not re.fullmatch(r"[0-9*#]+", text):
-                raise ConfigError(f"{key}: expected a string of digits, * and #, got {_show(attendant, False)}")
             if text in seen:
                 raise ConfigError(
                     f'{key}: "{text}" clashes with extension "{text}" (extensions[{seen[text]}].number)'
@@ -571,16 +663,16 @@ def _quote(path: str) -> str:
 _REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{")
 
 
-def _expand(value: Any, path: str, environ: Mapping[str, str], *, mark: bool = True) -> Any:
+def _expand(value: Any, path: str, environ: Mapping[str, str]) -> Any:
     """Substitute ``${VAR}`` / ``${VAR:-default}`` in every string of value.
 
-    With ``mark``, a string that is one whole reference comes back as an
-    _EnvStr so that number and boolean checks may parse it.
+    A string that is one whole reference comes back as an _EnvStr so that
+    number and boolean checks may parse it.
     """
     if isinstance(value, dict):
-        return {k: _expand(v, f"{path}.{k}", environ, mark=mark) for k, v in value.items()}
+        return {k: _expand(v, f"{path}.{k}", environ) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, f"{path}[{i}]", environ, mark=mark) for i, v in enumerate(value)]
+        return [_expand(v, f"{path}[{i}]", environ) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -605,7 +697,7 @@ def _expand(value: Any, path: str, environ: Mapping[str, str], *, mark: bool = T
 
     expanded = _REFERENCE.sub(replace, value)
     whole = _REFERENCE.fullmatch(value)
-    if mark and whole is not None and whole.group(1) is not None:
+    if whole is not None and whole.group(1) is not None:
         return _EnvStr(expanded)
     return expanded
 
@@ -646,13 +738,10 @@ class _Walk:
             return self.list_of(check, raw, path, secret)
         if isinstance(check, _MapOf):
             return self.map_of(check, raw, path, secret)
-        raw = _expand(raw, path, self.environ, mark=not isinstance(check, _FreeForm))
-        if isinstance(check, _FreeForm):
-            if raw is None:
-                return {}
-            if not isinstance(raw, (dict, list)):
-                raise ConfigError(f"{path}: expected a mapping or a list, got {_show(raw, secret)}")
-            return raw
+        return self.checked(check, _expand(raw, path, self.environ), path, secret)
+
+    @staticmethod
+    def checked(check: _Check, raw: Any, path: str, secret: bool) -> Any:
         try:
             return check(raw)
         except _Invalid as e:
@@ -673,7 +762,19 @@ class _Walk:
             return {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping, got {_show(raw, secret)}")
-        return {str(k): self.value(spec.value, v, f"{path}.{k}", secret) for k, v in raw.items()}
+        if spec.key is None:
+            return {str(k): self.value(spec.value, v, f"{path}.{k}", secret) for k, v in raw.items()}
+        result: dict[str, Any] = {}
+        written: dict[str, Any] = {}
+        for k, v in raw.items():
+            item_path = f"{path}[{_quote(str(k))}]"
+            name = self.checked(spec.key, _expand(k, item_path, self.environ), item_path, False)
+            if name in written:
+                raise ConfigError(f"{item_path}: duplicate key {_show(k, False)} "
+                                  f"(already written as {_show(written[name], False)})")
+            written[name] = k
+            result[name] = self.value(spec.value, v, item_path, secret)
+        return result
 
 
 # ---------------------------------------------------------------------------

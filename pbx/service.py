@@ -21,6 +21,10 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from pbx.api import APIStartupError, make_api_service
+from pbx.apps.mailbox import VoicemailStore
+from pbx.apps.mwi import MessageWaiting
+from pbx.apps.prompts import Prompts
+from pbx.apps.router import Applications
 from pbx.config import Config
 from pbx.core.b2bua import B2BUA
 from pbx.core.dialplan import DialPlan
@@ -32,12 +36,14 @@ from pbx.sip.core import SIPCore
 from pbx.sip.digest import DigestAuthenticator, NonceManager
 from pbx.sip.transaction import TimerSettings, TransactionLayer
 from pbx.sip.transport import SIPDatagramProtocol, SIPStreamFactory
+from pbx.media.endpoint import MediaEndpoint
 from pbx.media.portpool import PortPool
 from pbx.media.relay import MediaRelay
 from pbx.store.bindings import BindingRepository
 from pbx.store.cdr import CDRRepository
 from pbx.store.db import Database
 from pbx.store.extensions import ExtensionRepository, make_record
+from pbx.store.voicemail import VoicemailRepository
 
 BINDING_FLUSH_INTERVAL = 1.0
 BINDING_EXPIRY_INTERVAL = 5.0
@@ -119,6 +125,15 @@ class PBXService(MultiService):
         self.cdr = CDRRepository(self.db)
         self.dialplan = DialPlan.from_config(config, self.directory.__contains__)
         features = config.features
+        voicemail = config.voicemail
+        self.voicemail = VoicemailStore(
+            VoicemailRepository(self.db), voicemail.storage_path, reactor, self.events,
+            min_duration=voicemail.min_message_duration,
+        )  # fmt: skip
+        self.applications = Applications(
+            config, self.voicemail, self.directory.get, Prompts(voicemail.prompts_directory),
+            is_reachable=self._reachable,
+        )  # fmt: skip
         self.b2bua = B2BUA(
             self.core, self.authenticator, self.location, self.dialplan, self.relay, self.cdr, self.events, reactor,
             sip_host=server.sip_host,
@@ -132,7 +147,17 @@ class PBXService(MultiService):
             lookup_ha1=self.registrar.lookup_ha1,
             t1=config.sip.timer_t1,
             t2=config.sip.timer_t2,
+            applications=self.applications,
+            endpoints=lambda advertised: MediaEndpoint(reactor, self.port_pool, media_host, advertised),
+            voicemail_timeout=voicemail.no_answer_timeout,
         )  # fmt: skip
+        self.mwi = MessageWaiting(
+            self.core, self.registrar.gate, self.location, self.voicemail.counts, self.events, reactor,
+            sip_port=server.sip_port, advertised_host=self.b2bua.advertised_host,
+            is_mailbox=lambda number: bool(voicemail.enabled) and number in self.directory,
+        )  # fmt: skip
+        self.core.register_handler("SUBSCRIBE", self.mwi.subscribe_received)
+        self.core.dialog_handler = self._in_dialog
         self.sip = SIPService(
             reactor, self.core, config.server.sip_host, config.server.sip_port,
             config.server.sip_tcp, config.sip.max_message_size,
@@ -229,7 +254,19 @@ class PBXService(MultiService):
         for aor in self.location.expire():
             self.events.emit("registration.changed", aor=aor, contacts=[b.contact for b in self.location.lookup(aor)])
 
+    def _reachable(self, number: str) -> bool:
+        """Whether the attendant may ring `number`: a group, or an extension with a registered phone."""
+        return number in self.dialplan.groups or bool(self.location.lookup(number))
+
+    def _in_dialog(self, request: Any, transaction: Any, peer: Any) -> None:
+        """Requests inside a dialog: message-waiting subscriptions first, calls otherwise."""
+        if self.mwi.owns(request):
+            self.mwi.in_dialog_request(request, transaction, peer)
+        else:
+            self.b2bua.in_dialog_request(request, transaction, peer)
+
     async def _stop(self) -> None:
+        self.mwi.stop()
         self.b2bua.stop()
         await self.relay.close()
         await MultiService.stopService(self)

@@ -85,6 +85,9 @@ class PBXProcess:
             "api": {"host": "127.0.0.1", "port": self.api_port},
             "database": {"path": str(self.directory / "pbx.db")},
             "extensions": EXTENSIONS,
+            # Off unless a test is about voicemail: busy and unanswered calls
+            # then end the way the call tests expect (486, 408, 480).
+            "voicemail": {"enabled": False, "storage_path": str(self.directory / "voicemail")},
         }
         for section, values in overrides.items():
             if isinstance(values, dict):

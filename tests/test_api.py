@@ -44,6 +44,7 @@ server: {{sip_host: 127.0.0.1, sip_port: 5060, rtp_port_range_start: 46000, rtp_
 features: {{no_answer_timeout: 30, max_call_duration: 0, rtp_timeout: 0}}
 api: {{host: 127.0.0.1, port: 8080, tokens: {tokens}, cors_origins: {cors}}}
 database: {{path: "{db}"}}
+voicemail: {{storage_path: "{db}-voicemail"}}
 groups:
   - {{number: "2000", name: Sales, members: ["1001", "1002"]}}
 extensions:

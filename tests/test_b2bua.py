@@ -18,6 +18,7 @@ from sipclient import register, authorization
 CONFIG = """
 server: {sip_host: 127.0.0.1, sip_port: 5060}
 features: {no_answer_timeout: 30, max_call_duration: 3600, rtp_timeout: 0}
+voicemail: {enabled: false}  # tests/test_b2bua_apps.py covers calls that reach voicemail
 groups:
   - {number: "2000", name: Sales, members: ["1002", "1003"], strategy: ringall, ring_timeout: 20}
   - {number: "2001", name: Support, members: ["1002", "1003"], strategy: hunt, ring_timeout: 10}

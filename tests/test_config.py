@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from pbx.config import Config, ConfigError, FeaturesConfig, GroupConfig, load_config, parse_config
+from pbx.config import (
+    AutoAttendantConfig,
+    Config,
+    ConfigError,
+    FeaturesConfig,
+    GroupConfig,
+    MusicOnHoldConfig,
+    VoicemailConfig,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -227,18 +237,6 @@ def test_unknown_keys_are_warnings() -> None:
     )
 
 
-def test_free_form_sections_are_kept_without_warnings() -> None:
-    # features and groups are typed now (see the tests further down).
-    config = parse_config(
-        "voicemail:\n  max_seconds: 120\n"
-        "auto_attendant:\n  greeting: ${GREETING:-welcome.wav}\n"
-        "music_on_hold:\n  directory: moh\n", {})
-    assert config.warnings == ()
-    assert config.voicemail == {"max_seconds": 120}
-    assert config.auto_attendant == {"greeting": "welcome.wav"}
-    assert config.music_on_hold == {"directory": "moh"}
-
-
 def test_extension_numbers_and_pins_are_text() -> None:
     config = parse_config(
         "extensions:\n- number: 1001\n  password: x\n  voicemail_pin: 0042\n"
@@ -405,11 +403,156 @@ def test_dialplan_keeps_user_patterns_and_recognised_names() -> None:
 
 
 def test_auto_attendant_extension_accepts_digits_star_and_hash() -> None:
-    assert parse_config("auto_attendant:\n  extension: '*0#'\n", {}).auto_attendant == {"extension": "*0#"}
-    assert parse_config("auto_attendant:\n  extension: 8000\n", {}).auto_attendant == {"extension": 8000}
+    assert parse_config("auto_attendant:\n  extension: '*0#'\n", {}).auto_attendant.extension == "*0#"
+    assert parse_config("auto_attendant:\n  extension: 8000\n", {}).auto_attendant.extension == "8000"
+    assert parse_config("auto_attendant:\n  extension: 0800\n", {}).auto_attendant.extension == "0800"
+    assert parse_config("auto_attendant:\n  extension: ${AA:-}\n", {}).auto_attendant.extension is None
 
 
 def test_shipped_config_features_and_dialplan() -> None:
     config = load_config(str(ROOT / "config.yml"), environ={})
     assert config.features == FeaturesConfig()
     assert "voicemail" in config.dialplan
+
+
+# ---------------------------------------------------------------------------
+# voicemail, auto_attendant, music_on_hold
+
+
+def test_voicemail_attendant_and_hold_defaults() -> None:
+    config = parse_config("voicemail:\nauto_attendant:\nmusic_on_hold:\n", {})
+    vm = config.voicemail
+    assert vm == VoicemailConfig()
+    assert (vm.enabled, vm.storage_path, vm.prompts_directory) == (True, "voicemail", None)
+    assert (vm.no_answer_timeout, vm.max_message_duration, vm.min_message_duration) == (20, 180, 1.0)
+    assert (vm.silence_timeout, vm.max_greeting_duration, vm.pin_attempts) == (5, 60, 3)
+    aa = config.auto_attendant
+    assert aa == AutoAttendantConfig()
+    assert (aa.extension, aa.greeting, aa.menu_options) == (None, "aa-welcome", {})
+    assert (aa.timeout, aa.max_retries, aa.operator_extension, aa.dial_by_extension) == (5, 3, None, True)
+    assert config.music_on_hold == MusicOnHoldConfig()
+    assert (config.music_on_hold.enabled, config.music_on_hold.directory) == (True, None)
+    assert config.warnings == ()
+
+
+def test_menu_options_default_is_not_shared() -> None:
+    first, second = AutoAttendantConfig(), AutoAttendantConfig()
+    first.menu_options["1"] = "1001"
+    assert second.menu_options == {}
+
+
+def test_voicemail_values() -> None:
+    config = parse_config(
+        "voicemail:\n  enabled: false\n  storage_path: /var/spool/pbx/vm\n  no_answer_timeout: 12\n"
+        "  max_message_duration: 300\n  min_message_duration: 0\n  silence_timeout: 0\n"
+        "  max_greeting_duration: 30\n  pin_attempts: 5\n  prompts_directory: ${PROMPTS:-custom}\n", {})
+    assert config.voicemail == VoicemailConfig(False, "/var/spool/pbx/vm", 12, 300, 0.0, 0, 30, 5, "custom")
+    assert isinstance(config.voicemail.min_message_duration, float)
+    assert parse_config("voicemail:\n  min_message_duration: 2.5\n", {}).voicemail.min_message_duration == 2.5
+    assert parse_config("voicemail:\n  min_message_duration: ${MIN}\n", {"MIN": "0.5"}
+                        ).voicemail.min_message_duration == 0.5
+    assert config.warnings == ()
+
+
+def test_auto_attendant_values() -> None:
+    config = parse_config(
+        EXT + "groups:\n- number: 2000\n  members: [1001]\n"
+        "auto_attendant:\n  extension: 8000\n  greeting: /srv/prompts/welcome.wav\n"
+        "  menu_options:\n    1: 2000\n    2: '1002'\n    0: 1001\n    '*': '*97'\n    '#': '8000'\n"
+        "  timeout: 8\n  max_retries: 0\n  operator_extension: 1001\n  dial_by_extension: false\n", {})
+    assert config.auto_attendant == AutoAttendantConfig(
+        extension="8000", greeting="/srv/prompts/welcome.wav",
+        menu_options={"1": "2000", "2": "1002", "0": "1001", "*": "*97", "#": "8000"},
+        timeout=8, max_retries=0, operator_extension="1001", dial_by_extension=False)
+    assert config.warnings == ()
+
+
+def test_music_on_hold_values() -> None:
+    config = parse_config("music_on_hold:\n  enabled: ${MOH:-no}\n  directory: moh\n", {})
+    assert config.music_on_hold == MusicOnHoldConfig(enabled=False, directory="moh")
+
+
+def test_unknown_keys_in_the_new_sections_are_warnings() -> None:
+    config = parse_config("voicemail:\n  max_seconds: 120\nmusic_on_hold:\n  volume: 3\n", {})
+    assert config.voicemail == VoicemailConfig()
+    assert config.warnings == ('unknown key "voicemail.max_seconds" ignored',
+                               'unknown key "music_on_hold.volume" ignored')
+
+
+APP_VALIDATION_CASES = [
+    ("voicemail: [1]\n", "voicemail: expected a mapping, got [1]"),
+    ("voicemail:\n  enabled: sometimes\n", 'voicemail.enabled: expected true or false, got "sometimes"'),
+    ("voicemail:\n  storage_path: ''\n", 'voicemail.storage_path: expected a non-empty string, got ""'),
+    ("voicemail:\n  storage_path: 5\n", "voicemail.storage_path: expected a non-empty string, got 5"),
+    ("voicemail:\n  no_answer_timeout: 0\n",
+     "voicemail.no_answer_timeout: expected a positive integer, got 0"),
+    ("voicemail:\n  max_message_duration: -1\n",
+     "voicemail.max_message_duration: expected a positive integer, got -1"),
+    ("voicemail:\n  max_message_duration: 2.5\n",
+     "voicemail.max_message_duration: expected a positive integer, got 2.5"),
+    ("voicemail:\n  min_message_duration: -0.5\n",
+     "voicemail.min_message_duration: expected a number >= 0, got -0.5"),
+    ("voicemail:\n  min_message_duration: .nan\n",
+     "voicemail.min_message_duration: expected a number >= 0, got NaN"),
+    ("voicemail:\n  min_message_duration: true\n",
+     "voicemail.min_message_duration: expected a number >= 0, got true"),
+    ("voicemail:\n  min_message_duration: 10\n  max_message_duration: 10\n",
+     "voicemail.min_message_duration: expected a number below voicemail.max_message_duration (10), got 10.0"),
+    ("voicemail:\n  silence_timeout: -1\n",
+     "voicemail.silence_timeout: expected an integer >= 0 (0 = off), got -1"),
+    ("voicemail:\n  max_greeting_duration: 0\n",
+     "voicemail.max_greeting_duration: expected a positive integer, got 0"),
+    ("voicemail:\n  pin_attempts: 0\n", "voicemail.pin_attempts: expected a positive integer, got 0"),
+    ("voicemail:\n  prompts_directory: [a]\n",
+     'voicemail.prompts_directory: expected a non-empty string, got ["a"]'),
+    ("auto_attendant: yes\n", "auto_attendant: expected a mapping, got true"),
+    ("auto_attendant:\n  extension: -5\n",
+     "auto_attendant.extension: expected a string of digits, * and #, got -5"),
+    ("auto_attendant:\n  greeting: ''\n", 'auto_attendant.greeting: expected a non-empty string, got ""'),
+    ("auto_attendant:\n  menu_options: [1001]\n",
+     "auto_attendant.menu_options: expected a mapping, got [1001]"),
+    ("auto_attendant:\n  menu_options:\n    x: 1001\n",
+     'auto_attendant.menu_options["x"]: expected a single key 0-9, * or #, got "x"'),
+    ("auto_attendant:\n  menu_options:\n    10: 1001\n",
+     'auto_attendant.menu_options["10"]: expected a single key 0-9, * or #, got 10'),
+    ("auto_attendant:\n  menu_options:\n    '**': 1001\n",
+     'auto_attendant.menu_options["**"]: expected a single key 0-9, * or #, got "**"'),
+    ("auto_attendant:\n  menu_options:\n    true: 1001\n",
+     'auto_attendant.menu_options["True"]: expected a single key 0-9, * or #, got true'),
+    ("auto_attendant:\n  menu_options:\n    1: sales\n",
+     'auto_attendant.menu_options["1"]: expected a string of digits, * and #, got "sales"'),
+    ("auto_attendant:\n  menu_options:\n    1:\n",
+     'auto_attendant.menu_options["1"]: expected a string of digits, * and #, got null'),
+    ("auto_attendant:\n  menu_options:\n    1: 1001\n    '1': 1002\n",
+     'auto_attendant.menu_options["1"]: duplicate key "1" (already written as 1)'),
+    ("auto_attendant:\n  timeout: 0\n", "auto_attendant.timeout: expected a positive integer, got 0"),
+    ("auto_attendant:\n  max_retries: -1\n", "auto_attendant.max_retries: expected an integer >= 0, got -1"),
+    ("auto_attendant:\n  operator_extension: reception\n",
+     'auto_attendant.operator_extension: expected a string of digits, * and #, got "reception"'),
+    ("auto_attendant:\n  dial_by_extension: 1\n",
+     "auto_attendant.dial_by_extension: expected true or false, got 1"),
+    ("music_on_hold:\n  enabled: 'maybe'\n", 'music_on_hold.enabled: expected true or false, got "maybe"'),
+    ("music_on_hold:\n  directory: 7\n", "music_on_hold.directory: expected a non-empty string, got 7"),
+]
+
+
+@pytest.mark.parametrize("text, expected", APP_VALIDATION_CASES,
+                         ids=[f"{i}-{expected.split(':')[0]}" for i, (_, expected) in enumerate(APP_VALIDATION_CASES)])
+def test_app_section_validation_messages(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_shipped_config_app_sections() -> None:
+    config = load_config(str(ROOT / "config.yml"), environ={})
+    assert config.voicemail == VoicemailConfig()
+    assert config.music_on_hold == MusicOnHoldConfig()
+    assert config.auto_attendant.greeting == "aa-welcome"
+    assert config.auto_attendant.extension is not None
+    assert config.auto_attendant.extension not in {e.number for e in config.extensions}
+    assert all(target in {e.number for e in config.extensions}
+               for target in config.auto_attendant.menu_options.values())
+
+
+def test_shipped_prompts_exist_for_the_defaults() -> None:
+    assert (ROOT / "prompts" / f"{AutoAttendantConfig().greeting}.wav").is_file()
+    assert (ROOT / "prompts" / "moh.wav").is_file()

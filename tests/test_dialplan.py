@@ -109,7 +109,7 @@ def test_extension_wins_over_voicemail_and_attendant_patterns() -> None:
 
 def test_voicemail(plan: DialPlan) -> None:
     assert plan.route("*97", "1001") == VoicemailTarget(None)
-    assert plan.route("*98", "1001") == VoicemailTarget(None)
+    assert plan.route("*98", "1001") == VoicemailTarget("")  # left empty: the application asks for a mailbox
     assert plan.route("*98 1002", "1001") == VoicemailTarget("1002")
     assert plan.route("*981009", "1001") == NotFound("no such mailbox")
 

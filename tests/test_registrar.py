@@ -212,3 +212,25 @@ def test_to_must_be_a_sip_uri(h):
 def test_malformed_contact_is_400_after_authentication(h, contact):
     assert h.send(register("1001", contact=contact)).status == 401
     assert h.register("1001", "secret1001", contact=contact, cseq=3).status == 400
+
+
+def test_refresh_emits_registration_refreshed_not_changed(h):
+    refreshed: list[dict] = []
+    h.pbx.events.subscribe("registration.refreshed", lambda name, fields: refreshed.append(fields))
+    h.register("1001", "secret1001")
+    assert refreshed == [] and len(h.events) == 1
+    h.clock.advance(300)
+    assert h.register("1001", "secret1001", cseq=3).status == 200
+    assert refreshed == [{"aor": "1001", "contacts": ["sip:1001@127.0.0.1:5061"]}]
+    assert len(h.events) == 1, "a refresh does not change the contact set"
+    h.register("1001", "secret1001", expires=0, cseq=5)
+    assert len(refreshed) == 1 and h.events[-1] == {"aor": "1001", "contacts": []}
+
+
+def test_refused_register_emits_nothing(h):
+    refreshed: list[dict] = []
+    h.pbx.events.subscribe("registration.refreshed", lambda name, fields: refreshed.append(fields))
+    h.register("1001", "secret1001")
+    assert h.register("1001", "wrong", cseq=3).status == 403
+    assert h.register("1001", "secret1001", expires=10, cseq=5).status == 423
+    assert refreshed == [] and len(h.events) == 1

@@ -69,11 +69,15 @@ say vm-invalid-pin "Invalid PIN."
 say vm-you-have "You have"
 say vm-no "no"
 say vm-and "and"
+say vm-new-message "new message."
 say vm-new-messages "new messages."
+say vm-saved-message "saved message."
 say vm-saved-messages "saved messages."
-say vm-main-menu "To listen to your messages, press 1. To record your greeting, press 2. To hear this menu again, press star."
-say vm-message-menu "To replay this message, press 1. To save it, press 2. To delete it, press 3. For the next message, press pound."
+# The keys here are the ones pbx/apps/voicemail.py acts on: change both together.
+say vm-main-menu "For your new messages, press 1. For your saved messages, press 2. To record your greeting, press 3. To hear this menu again, press star. To end the call, press pound."
+say vm-message-menu "To replay this message, press 5. For the next message, press 6. For the previous message, press 4. To delete it, press 7. To save it, press 9. For the main menu, press star."
 say vm-record-greeting "Record your greeting after the tone, then press pound."
+say vm-greeting-review "To keep this greeting, press 1. To record it again, press 2. To cancel, press star."
 say vm-record-message "Record your message after the tone. When you are done, hang up or press pound."
 say vm-greeting-saved "Your greeting has been saved."
 say vm-message-saved "Message saved."
@@ -84,6 +88,7 @@ say goodbye "Goodbye."
 # Auto attendant.
 say aa-welcome "Welcome. For sales, press 1. For support, press 2. Or dial an extension."
 say invalid-option "That is not a valid option. Please try again."
+say aa-unavailable "Sorry, that extension is not available."
 
 # The tone before recording: 1 kHz, 0.3 s, with 10 ms ramps so it does not click.
 # shellcheck disable=SC2086

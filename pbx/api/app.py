@@ -25,6 +25,7 @@ from pbx.api.integrations import IntegrationRoutes
 from pbx.api.metrics import CONTENT_TYPE, ApiMetrics
 from pbx.api.openapi import build_document
 from pbx.api.records import CDRRoutes, RegistrationRoutes
+from pbx.api.voicemail import VoicemailRoutes, mount_endpoint
 from pbx.ports import build_port_plan, find_conflicts
 
 __all__ = ["ApiRoot", "klein_routes"]
@@ -54,6 +55,7 @@ class ApiRoot:
             "/api/registrations": RegistrationRoutes(self.context),
             "/api/calls": CallRoutes(self.context),
             "/api/cdr": CDRRoutes(self.context),
+            "/api/voicemail": VoicemailRoutes(self.context),
             "/api/integrations": IntegrationRoutes(self.context),
         }
         self._resources = {prefix: group.app.resource() for prefix, group in self.groups.items()}
@@ -152,6 +154,11 @@ class ApiRoot:
     @endpoint(None)
     def cdr(self, request: Any) -> Any:
         return self._group(request, "/api/cdr")
+
+    @app.route("/api/voicemail", branch=True)
+    @mount_endpoint  # endpoint(None), but a greeting's body is a WAV file
+    def voicemail(self, request: Any) -> Any:
+        return self._group(request, "/api/voicemail")
 
     @app.route("/api/integrations", branch=True)
     @endpoint(None)

@@ -13,6 +13,7 @@ import functools
 import hmac
 import ipaddress
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 MAX_BODY = 64 * 1024
+#: Audio uploads (a greeting: up to a minute of WAV in any rate) get a larger limit than JSON.
+MAX_UPLOAD = 16 * 1024 * 1024
+_UPLOAD_PATH = re.compile(rb"/api/voicemail/[^/?]+/greeting(?:\?.*)?")
 UNMATCHED = "unmatched"
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
@@ -89,7 +93,12 @@ class ApiRequest(Request):
 
     def _limit(self) -> int:
         site = getattr(self.channel, "site", None)
-        return getattr(site, "max_body", MAX_BODY)
+        limit = getattr(site, "max_body", MAX_BODY)
+        # The body arrives before Request.path is set; the channel has the request line already.
+        path = getattr(self.channel, "_path", None) or getattr(self, "path", None) or b""
+        if _UPLOAD_PATH.fullmatch(path):
+            return max(limit, MAX_UPLOAD)
+        return limit
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self._limit():
@@ -262,7 +271,7 @@ def endpoint(route: str | None, *, public: bool = False) -> Callable[[F], F]:
             if not public and not _is_preflight(request):
                 self.guard.check(request)
             if getattr(request, "body_too_large", False):
-                limit = getattr(getattr(request, "site", None), "max_body", MAX_BODY)
+                limit = request._limit() if hasattr(request, "_limit") else MAX_BODY
                 raise PayloadTooLarge(f"request body larger than {limit} bytes")
             if request.method in _BODY_METHODS and _has_body(request):
                 media_type = _media_type(request)

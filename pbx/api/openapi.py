@@ -26,12 +26,12 @@ _ERRORS = {
     405: "Method not allowed (see Allow).",
     409: "Conflict: the resource exists already.",
     413: "Request body larger than the limit (64 KiB).",
-    415: "Request body is not application/json.",
+    415: "Request body of the wrong Content-Type: application/json (audio/wav for a greeting).",
     500: "Unexpected error; the body carries `request_id`, the traceback is in the log.",
     501: "Not implemented yet.",
     502: "The integration's server failed or answered something unusable.",
-    503: "The integration is not enabled, or enabled but not configured (the body names the missing key), "
-         "or the PBX is still starting (then with Retry-After).",
+    503: "The integration (or voicemail) is not enabled, or enabled but not configured (the body names the "
+         "missing key), or the PBX is still starting (then with Retry-After).",
     504: "The integration's server did not answer within integrations.timeout.",
 }
 
@@ -51,6 +51,8 @@ class Operation:
     parameters: tuple[dict[str, Any], ...] = ()
     public: bool = False
     extra_content: dict[str, Any] = field(default_factory=dict)
+    ok_content: dict[str, Any] | None = None  # a success body that is not JSON (audio)
+    body_content: dict[str, Any] | None = None  # a request body that is not JSON (audio)
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -61,6 +63,11 @@ _NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "schema": dic
                  "description": "The extension number."}
 _CALL_PARAM = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"},
                "description": "The PBX's id of the call (not a SIP Call-ID)."}
+_MESSAGE_PARAM = {"name": "message_id", "in": "path", "required": True,
+                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                  "description": "The message's id (another mailbox's id is not found)."}
+_WAV = {"schema": {"type": "string", "contentMediaType": "audio/wav"}}
+_WAV_BODY = {"audio/wav": _WAV, "audio/x-wav": _WAV}
 _CDR_PARAMS = (
     _query("extension", {"type": "string", "minLength": 1, "maxLength": 64},
            "Calls where this number is the caller, the callee or the member that answered."),
@@ -115,6 +122,35 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/api/cdr", "listCallRecords", "Finished calls, newest first, filtered and paged; or CSV",
               "cdr", ok_schema="CallRecordPage", errors=(400,), parameters=_CDR_PARAMS,
               extra_content={"text/csv": {"schema": {"type": "string"}}}),
+    Operation("GET", "/api/voicemail/{number}", "getMailbox", "A mailbox's counts and messages, oldest first",
+              "voicemail", ok_schema="VoicemailMailbox", errors=(400, 404), parameters=(
+                  _NUMBER_PARAM, _query("folder", {"type": "string", "enum": ["new", "old"]},
+                                        "new: messages not heard yet; old: heard ones. Both when absent."))),
+    Operation("GET", "/api/voicemail/{number}/{message_id}", "getVoicemail", "One message", "voicemail",
+              ok_schema="VoicemailMessage", errors=(404,), parameters=(_NUMBER_PARAM, _MESSAGE_PARAM)),
+    Operation("GET", "/api/voicemail/{number}/{message_id}/audio", "getVoicemailAudio",
+              "The message's recording (WAV, 8 kHz 16-bit mono)", "voicemail",
+              ok_description="The recording.", ok_content={"audio/wav": _WAV}, errors=(404,),
+              parameters=(_NUMBER_PARAM, _MESSAGE_PARAM)),
+    Operation("PATCH", "/api/voicemail/{number}/{message_id}", "updateVoicemail",
+              "Mark a message heard or unheard, saved or not (the phones' lamps follow)", "voicemail",
+              ok_schema="VoicemailMessage", body="VoicemailPatch", errors=(*_BODY_ERRORS, 404),
+              parameters=(_NUMBER_PARAM, _MESSAGE_PARAM)),
+    Operation("DELETE", "/api/voicemail/{number}/{message_id}", "deleteVoicemail",
+              "Delete a message and its recording", "voicemail", ok=204, ok_description="Deleted.",
+              errors=(404,), parameters=(_NUMBER_PARAM, _MESSAGE_PARAM)),
+    Operation("GET", "/api/voicemail/{number}/greeting", "getGreeting",
+              "The mailbox's own greeting (WAV, 8 kHz 16-bit mono)", "voicemail",
+              ok_description="The greeting.", ok_content={"audio/wav": _WAV},
+              errors=(404,), parameters=(_NUMBER_PARAM,)),
+    Operation("PUT", "/api/voicemail/{number}/greeting", "replaceGreeting",
+              "Upload the mailbox's greeting: a WAV file (PCM, float, µ-law or A-law; 1 to 384 kHz, any "
+              "channels; converted to 8 kHz mono) no longer than voicemail.max_greeting_duration",
+              "voicemail", ok=204, ok_description="Saved.", body_content=_WAV_BODY, errors=(*_BODY_ERRORS, 404),
+              parameters=(_NUMBER_PARAM,)),
+    Operation("DELETE", "/api/voicemail/{number}/greeting", "deleteGreeting",
+              "Delete the mailbox's own greeting (callers hear the standard one again)", "voicemail",
+              ok=204, ok_description="Deleted.", errors=(404,), parameters=(_NUMBER_PARAM,)),
     *(
         Operation(method, "/api/integrations" + path,
                   "integration" + "".join(part.title() for part in path.replace("/", " ").split()),
@@ -141,7 +177,9 @@ def _ref(name: str) -> dict[str, str]:
 def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     success: dict[str, Any] = {"description": op.ok_description}
-    if op.ok_schema is not None:
+    if op.ok_content is not None:
+        success["content"] = copy.deepcopy(op.ok_content)
+    elif op.ok_schema is not None:
         success["content"] = {"application/json": {"schema": _ref(op.ok_schema)}, **op.extra_content}
     elif op.path == "/metrics":
         success["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -165,6 +203,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         result["parameters"] = [copy.deepcopy(p) for p in op.parameters]
     if op.body is not None:
         result["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(op.body)}}}
+    elif op.body_content is not None:
+        result["requestBody"] = {"required": True, "content": copy.deepcopy(op.body_content)}
     if op.public:
         result["security"] = []
     return result
@@ -180,13 +220,14 @@ def build_document(version: str) -> dict[str, Any]:
         "info": {
             "title": "Twisted PBX REST API",
             "version": version,
-            "description": "Extensions, registrations, calls, call records, metrics and integrations of the PBX. "
+            "description": "Extensions, registrations, calls, call records, voicemail, metrics and integrations "
+                           "of the PBX. "
                            'Every error has the body {"error": "...", "field": "..."}.',
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
         "tags": [{"name": name} for name in
-                 ("system", "extensions", "registrations", "calls", "cdr", "integrations")],
+                 ("system", "extensions", "registrations", "calls", "cdr", "voicemail", "integrations")],
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),

@@ -295,6 +295,46 @@ PORTS = {
 }
 
 # ---------------------------------------------------------------------------
+# Voicemail (pbx.api.voicemail).
+
+VOICEMAIL_PATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "heard": {"type": "boolean", "description": "true moves the message to the old folder, false back to new"},
+        "saved": {"type": "boolean", "description": "kept by the mailbox owner"},
+    },
+    "description": "at least one of heard and saved (an empty object is a 400)",
+}  # fmt: skip
+VOICEMAIL_MESSAGE = {
+    "type": "object",
+    "required": ["id", "mailbox", "caller", "caller_name", "received", "duration", "heard", "saved", "call_id",
+                 "audio"],
+    "properties": {
+        "id": {"type": "integer"},
+        "mailbox": {"type": "string"},
+        "caller": {"type": "string", "description": "the caller's number (or anonymous)"},
+        "caller_name": {"type": "string"},
+        "received": TIMESTAMP,
+        "duration": {"type": "number", "description": "seconds"},
+        "heard": {"type": "boolean", "description": "false: in the new folder; true: in the old one"},
+        "saved": {"type": "boolean"},
+        "call_id": {"type": ["string", "null"], "description": "the PBX's id of the call that left it"},
+        "audio": {"type": "string", "description": "where to fetch the recording (audio/wav)"},
+    },
+}  # fmt: skip
+VOICEMAIL_MAILBOX = {
+    "type": "object",
+    "required": ["mailbox", "new", "old", "messages"],
+    "properties": {
+        "mailbox": {"type": "string"},
+        "new": {"type": "integer", "minimum": 0, "description": "messages not heard yet"},
+        "old": {"type": "integer", "minimum": 0, "description": "messages heard"},
+        "messages": {"type": "array", "items": VOICEMAIL_MESSAGE, "description": "oldest first"},
+    },
+}  # fmt: skip
+
+# ---------------------------------------------------------------------------
 # Integrations (pbx.api.integrations).  Optional fields may also be null.
 
 
@@ -461,6 +501,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": HEALTH,
     "Status": STATUS,
     "PortPlan": PORTS,
+    "VoicemailMailbox": VOICEMAIL_MAILBOX,
+    "VoicemailMessage": VOICEMAIL_MESSAGE,
+    "VoicemailPatch": VOICEMAIL_PATCH,
     "JitsiMeetingRequest": JITSI_MEETING_REQUEST,
     "JitsiInstantRequest": JITSI_INSTANT_REQUEST,
     "JitsiMeeting": JITSI_MEETING,

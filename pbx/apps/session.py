@@ -38,6 +38,8 @@ class AppSession(Protocol):
     caller_name: str
     #: The number the caller dialled.
     dialled: str
+    #: The call's id (its call record), to link what the application stores to the call.
+    call_id: str | None
     #: IReactorTime: timers of the application (prompt timeouts) run on it.
     clock: Any
 
@@ -100,6 +102,7 @@ class EndpointSession:
     log = Logger()
 
     def __init__(self, endpoint: Any, clock: Any, *, caller: str, caller_name: str, dialled: str,
+                 call_id: str | None = None,
                  connect: Callable[[str], Deferred[bool]] | None = None,
                  hangup: Callable[[], None] | None = None, ringback: bytes | None = None) -> None:
         self.endpoint = endpoint
@@ -107,6 +110,7 @@ class EndpointSession:
         self.caller = caller
         self.caller_name = caller_name
         self.dialled = dialled
+        self.call_id = call_id
         self._connect = connect
         self._hangup = hangup
         self.ringback = ringback
@@ -204,8 +208,8 @@ class EndpointSession:
 
         def pressed(_: str) -> None:
             if not played.called:
+                played.callback(False)  # first: stopping fires the player's own Deferreds
                 endpoint.stop_playing()
-                played.callback(False)
 
         previous = endpoint.on_dtmf
 

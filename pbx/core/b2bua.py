@@ -638,7 +638,7 @@ class B2BUA:
     def _run_app(self, call: Call) -> None:
         session = EndpointSession(
             call.media, self.clock,
-            caller=call.caller, caller_name=call.record.caller_name, dialled=call.record.callee,
+            caller=call.caller, caller_name=call.record.caller_name, dialled=call.record.callee, call_id=call.id,
             connect=lambda number: self._connect(call, number),
             hangup=lambda: self._hangup(call, "normal"),
             ringback=self.applications.ringback() if self.applications is not None else None,

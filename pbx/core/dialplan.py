@@ -90,8 +90,8 @@ class GroupTarget:
 @dataclass(frozen=True, slots=True)
 class VoicemailTarget:
     """``mailbox`` is the named group ``mailbox`` of the voicemail pattern
-    (``*981001`` -> ``"1001"``); None lets the voicemail application decide
-    (the caller's own box, or ask for one)."""
+    (``*981001`` -> ``"1001"``); None when the pattern has none (the caller's
+    own box), "" when the group matched nothing (the application asks)."""
 
     mailbox: str | None = None
 
@@ -158,11 +158,6 @@ class DialPlan:
         if is_extension is None:
             is_extension = frozenset(e.number for e in config.extensions).__contains__
         dialplan = dict(config.dialplan)
-        attendant_number = None
-        if isinstance(config.auto_attendant, Mapping):
-            value = config.auto_attendant.get("extension")
-            if value is not None:
-                attendant_number = str(value)
         return cls(
             is_extension,
             groups=[
@@ -172,7 +167,7 @@ class DialPlan:
             internal=dialplan.get("internal", DEFAULT_INTERNAL),
             voicemail=dialplan.get("voicemail"),
             attendant=dialplan.get("attendant"),
-            attendant_number=attendant_number,
+            attendant_number=config.auto_attendant.extension,
             patterns=dialplan,
             allow_unauthenticated=config.features.allow_unauthenticated,
         )
@@ -198,8 +193,9 @@ class DialPlan:
             return ExtensionTarget(number)
         match = _matches(self.voicemail, number)
         if match is not None:
-            mailbox = match.groupdict().get("mailbox") or None
-            if mailbox is not None and not self.is_extension(mailbox):
+            # None: the pattern has no mailbox (one's own box); "": it was left empty (ask for one).
+            mailbox = match.groupdict().get("mailbox")
+            if mailbox and not self.is_extension(mailbox):
                 return NotFound("no such mailbox")
             return VoicemailTarget(mailbox)
         if number == self.attendant_number or _matches(self.attendant, number):

@@ -161,8 +161,13 @@ class Registrar:
         current = self.location.lookup(aor)
         headers = [("Contact", f"<{b.contact}>;expires={b.expires_in(now)}") for b in current]
         self.core.respond(transaction, request, 200, "OK", headers)
+        contact_uris = [b.contact for b in current]
         if changed:
-            self.events.emit("registration.changed", aor=aor, contacts=[b.contact for b in current])
+            self.events.emit("registration.changed", aor=aor, contacts=contact_uris)
+        else:
+            # A refresh (or a query): nothing moved, but the phone just showed
+            # it is alive, which is when e.g. its message-waiting lamp is re-sent.
+            self.events.emit("registration.refreshed", aor=aor, contacts=contact_uris)
 
     def _contact_expires(self, param: str | None, header: int | None) -> int:
         if param is not None:

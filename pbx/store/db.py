@@ -91,6 +91,29 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX outbox_due ON outbox (next_attempt, id)",
     ],
+    # 4: voicemail (pbx.store.voicemail): one row per message, its audio a
+    # WAV file under voicemail.storage_path (``file`` is relative to it);
+    # a mailbox's own greeting likewise.
+    [
+        """CREATE TABLE voicemail_messages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            mailbox TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            caller_name TEXT NOT NULL DEFAULT '',
+            received REAL NOT NULL,
+            duration REAL NOT NULL,
+            file TEXT NOT NULL,
+            heard INTEGER NOT NULL DEFAULT 0,
+            saved INTEGER NOT NULL DEFAULT 0,
+            call_id TEXT
+        )""",
+        "CREATE INDEX voicemail_messages_mailbox ON voicemail_messages (mailbox, received)",
+        """CREATE TABLE voicemail_greetings (
+            mailbox TEXT PRIMARY KEY,
+            file TEXT NOT NULL,
+            updated REAL NOT NULL
+        )""",
+    ],
 ]
 
 

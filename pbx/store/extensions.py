@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,26 @@ def hash_pin(pin: str, salt: bytes | None = None) -> str:
     salt = salt if salt is not None else os.urandom(8)
     digest = hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, 10_000)
     return f"pbkdf2_sha256$10000${salt.hex()}${digest.hex()}"
+
+
+def verify_pin(pin_hash: str | None, pin: str) -> bool:
+    """True when `pin` matches a `hash_pin` result; False for no hash or one this code cannot read.
+
+    The comparison takes the same time wherever the digests differ, so the
+    time an answer takes tells nothing about the stored PIN.
+    """
+    if not pin_hash:
+        return False
+    try:
+        scheme, iterations, salt, expected = pin_hash.split("$")
+        rounds = int(iterations)
+        salt_bytes, expected_bytes = bytes.fromhex(salt), bytes.fromhex(expected)
+    except ValueError:
+        return False
+    if scheme != "pbkdf2_sha256" or not 0 < rounds <= 10_000_000:
+        return False
+    digest = hashlib.pbkdf2_hmac("sha256", pin.encode(), salt_bytes, rounds)
+    return hmac.compare_digest(digest, expected_bytes)
 
 
 def make_record(number: str, name: str, realm: str, password: str, email: str | None = None,
