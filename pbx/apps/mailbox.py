@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from pbx.core.cdr import iso_utc
 from pbx.core.events import EventBus
-from pbx.media.wav import RATE, WavError, read_wav, write_wav
+from pbx.media.wav import RATE, WavError, fsync_directory, read_wav, write_wav
 from pbx.store.voicemail import Counts, MailboxChange, VoicemailMessage, VoicemailRepository
 
 __all__ = ["FOLDERS", "VoicemailStore", "check_mailbox"]
@@ -70,18 +70,6 @@ def _seconds(pcm: bytes) -> float:
     return len(pcm) // 2 / RATE
 
 
-def _sync_directory(directory: str) -> None:
-    """Make a new directory entry durable (POSIX); skipped where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_directories(directory: str) -> None:
     """``os.makedirs`` that also syncs each parent, so a new mailbox directory survives a crash."""
     missing: list[str] = []
@@ -96,7 +84,7 @@ def _make_directories(directory: str) -> None:
             os.mkdir(path)
         except FileExistsError:  # another write made it meanwhile
             continue
-        _sync_directory(os.path.dirname(path))
+        fsync_directory(os.path.dirname(path))
 
 
 def _store_file(path: str, pcm: bytes) -> None:

@@ -513,10 +513,7 @@ class B2BUA:
         )
         update_from_response(dialog, response)
         self._ack(dialog, 1)
-        if call.connecting is not None and call.winner is None:
-            self._connected(call, fork, dialog, response)
-            return
-        if call.state != "ringing" or call.winner is not None:
+        if (call.state != "ringing" and call.connecting is None) or call.winner is not None:
             # A second fork answered too late, or the caller gave up: hang it up.
             self._bye(dialog)
             return
@@ -529,10 +526,13 @@ class B2BUA:
             return
         call.winner = fork
         call.b_dialog = dialog
-        call.state = "answered"
         for other in call.forks:
             if other is not fork:
                 self._cancel_fork(other)
+        if call.connecting is not None:
+            self._connected(call, fork, answer)
+            return
+        call.state = "answered"
         call.media.leg_b.set_remote(*_media_address(answer, fork.binding.source_host))
         reply = self._a_response(call, 200, "OK")
         reply.body = rewrite_for_relay(answer, call.a_origin.address, [call.media.leg_a.rtp_port], call.a_origin)
@@ -734,20 +734,8 @@ class B2BUA:
         if connecting is not None:
             connecting.callback(False)
 
-    def _connected(self, call: Call, fork: Fork, dialog: Dialog, response: Response) -> None:
+    def _connected(self, call: Call, fork: Fork, answer: SessionDescription) -> None:
         """B answered a caller an application held: B's relay leg A takes over the endpoint's sockets."""
-        fork.final = response.status
-        try:
-            answer = SessionDescription.parse(response.body)
-        except SDPError:
-            self._bye(dialog)
-            self._fork_failed(call, fork, 488)
-            return
-        call.winner = fork
-        call.b_dialog = dialog
-        for other in call.forks:
-            if other is not fork:
-                self._cancel_fork(other)
         self._cancel_timer(call, "connect")
         self._cancel_timer(call, "stage")
         media, call.pending_media = call.pending_media, None

@@ -247,11 +247,11 @@ def write_wav(path: str | os.PathLike[str], pcm: bytes, sync: bool = True, rate:
             pass
         raise
     if sync:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a new or renamed entry of `directory` durable (POSIX); a no-op where directories cannot be opened."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
