@@ -334,14 +334,23 @@ class MessageWaiting:
     # -- NOTIFY ------------------------------------------------------------------
 
     def _current_counts(self, mailbox: str) -> Deferred[Counts | None]:
-        """The mailbox's (new, old), or None (logged) when they cannot be read."""
+        """The mailbox's (new, old), or None (logged) when they cannot be read.
+
+        Known counts are remembered: every change comes with voicemail.changed,
+        so a phone refreshing its registration costs no database query.
+        """
+        known = self._latest.get(mailbox)
+        if known is not None:
+            return succeed(known)
         generation = self._generation.get(mailbox, 0)
         d = maybeDeferred(self.counts, mailbox)
 
         def got(result: object) -> Counts:
             if self._generation.get(mailbox, 0) != generation:
                 return self._latest[mailbox]  # an event told newer counts while the query ran
-            return _counts(result)
+            counts = _counts(result)
+            self._latest[mailbox] = counts
+            return counts
 
         def failed(failure: Any) -> None:
             self.log.failure("could not read the message counts of mailbox {mailbox}", failure,
@@ -487,6 +496,7 @@ class MessageWaiting:
             counts = _counts((fields.get("new"), fields.get("old")))
         except (TypeError, ValueError):
             self.log.warn("{event} for {mailbox} without usable counts; reading them", event=name, mailbox=mailbox)
+            self._latest.pop(mailbox, None)
             self.notify_mailbox(mailbox)
             return
         self._generation[mailbox] = self._generation.get(mailbox, 0) + 1
