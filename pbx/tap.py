@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from pbx.api.errors import APIStartupError
 from pbx.api.service import check_api_config
+from pbx.apps.router import check_application_paths
 from pbx.config import ConfigError, load_config
 from pbx.ports import build_port_plan, find_conflicts
 
@@ -36,7 +37,8 @@ class Options(usage.Options):
             _fail("port conflict: " + "; ".join(conflicts))
         try:
             check_api_config(self.pbx_config.api)
-        except APIStartupError as error:
+            check_application_paths(self.pbx_config)
+        except (APIStartupError, ConfigError) as error:
             _fail(str(error))
 
 

@@ -9,6 +9,7 @@ caller hanging up ends an application normally: `CallEnded` stops here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,30 @@ from pbx.apps.session import AppSession, Application, CallEnded
 from pbx.media.wav import WavError, read_wav
 from pbx.store.extensions import ExtensionRecord
 
-__all__ = ["Applications"]
+__all__ = ["Applications", "check_application_paths"]
+
+
+def check_application_paths(config: Any) -> None:
+    """Refuse to start when a directory the applications need is unusable (ConfigError naming the key).
+
+    Checked before any port opens: a voicemail spool that cannot be created
+    would otherwise only show when the first message is lost.
+    """
+    from pbx.config import ConfigError
+
+    voicemail = config.voicemail
+    if voicemail.enabled:
+        path = voicemail.storage_path
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"voicemail.storage_path: cannot create {path!r}: {error.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"voicemail.storage_path: {path!r} is not writable")
+    for key, path in (("voicemail.prompts_directory", voicemail.prompts_directory),
+                      ("music_on_hold.directory", config.music_on_hold.directory)):
+        if path is not None and not os.path.isdir(path):
+            raise ConfigError(f"{key}: {path!r} is not a directory")
 
 
 class Applications:
