@@ -98,6 +98,9 @@ def write_call_config(base_path, out_path, callers, port, db_path,
     feats.update(features or {})
     data["features"] = feats
     data["groups"] = []
+    # No message-waiting NOTIFYs to the SIPp callee (its scenario does not
+    # expect them) and no voicemail answering in place of a busy callee.
+    data["voicemail"] = {"enabled": False}
     exts = [{"number": str(u), "name": "Caller %s" % u,
              "password": password_for(u)} for u in callers]
     exts.append({"number": CALLEE, "name": "Callee",

@@ -346,8 +346,10 @@ def write_pbx_config(base_path, out_path, users, port, db_path):
     """
     with open(base_path, "r", encoding="utf-8") as f:
         text = f.read()
+    # Voicemail off: a mailbox owner's REGISTER is followed by a message-waiting
+    # NOTIFY, which the SIPp scenario does not expect (and Kamailio does not send).
     settings = [("server", "sip_host", HOST), ("server", "sip_port", port),
-                ("database", "path", db_path)]
+                ("database", "path", db_path), ("voicemail", "enabled", False)]
     extensions = bench_extensions(users)
     try:
         import yaml
