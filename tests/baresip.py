@@ -1,4 +1,9 @@
-"""Run baresip, a real softphone, headless against the PBX under test."""
+"""Run baresip, a real softphone, headless against the PBX under test.
+
+baresip 1.0 stops writing what it hears (the sndfile dec recording) at the
+first re-INVITE that is not sendrecv, for the rest of the call: tests of a
+held baresip check the RTP sent to it, not its recording.
+"""
 
 from __future__ import annotations
 

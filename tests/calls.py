@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import re
 import shutil
@@ -47,7 +48,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from audio import analyse, write_tone
 from baresip import Baresip
@@ -310,6 +311,51 @@ def digest_response_ok(request: str, password: str, header: str = "Proxy-Authori
     return params.get("response", "").lower() == expected
 
 
+def write_rtp_pcap(path: str | Path, pcm: bytes, codec: str = "PCMU", payload_type: int | None = None,
+                   ptime: int = 20, ssrc: int = 0x5EED1234, src_port: int = 40000, dst_port: int = 40002) -> Path:
+    """Write 8 kHz s16le `pcm` as a pcap of G.711 RTP packets, one every `ptime` ms, for SIPp's play_pcap_audio.
+
+    Ethernet / IPv4 / UDP framing (what SIPp's own g711a.pcap uses); SIPp
+    replaces the addresses and ports when it plays the file, and keeps the
+    RTP header (sequence numbers from 1, timestamps from 0, `ssrc`) and the
+    packet times.  codec: "PCMU" (payload type 0 unless given) or "PCMA" (8).
+    """
+    from pbx.media import g711  # the PBX's codec tables: the same bytes phones decode
+
+    encode = g711.encoder(codec)
+    if payload_type is None:
+        payload_type = 0 if codec.upper() == "PCMU" else 8
+    frame = 8 * ptime  # samples per packet
+    payload = encode(pcm[:len(pcm) - len(pcm) % 2])
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]  # link type 1: Ethernet
+    for index, start in enumerate(range(0, len(payload) - frame + 1, frame)):
+        rtp = struct.pack("!BBHII", 0x80, payload_type & 0x7F, (index + 1) & 0xFFFF, start & 0xFFFFFFFF, ssrc)
+        rtp += payload[start:start + frame]
+        udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(rtp), 0) + rtp
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), index & 0xFFFF, 0, 64, 17, 0,
+                                   bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])))
+        words = struct.unpack("!10H", ip)
+        checksum = sum(words)
+        checksum = (checksum & 0xFFFF) + (checksum >> 16)
+        checksum = (checksum & 0xFFFF) + (checksum >> 16)
+        ip[10:12] = struct.pack("!H", ~checksum & 0xFFFF)
+        packet = b"\x00" * 12 + b"\x08\x00" + bytes(ip) + udp
+        micros = index * ptime * 1000
+        out.append(struct.pack("<IIII", micros // 1_000_000, micros % 1_000_000, len(packet), len(packet)) + packet)
+    path = Path(path)
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def write_tone_pcap(path: str | Path, frequency: float, seconds: float, amplitude: float = 0.5,
+                    codec: str = "PCMU") -> Path:
+    """A sine tone as a pcap of G.711 RTP (see write_rtp_pcap)."""
+    count = int(round(seconds * 8000))
+    step = 2.0 * math.pi * frequency / 8000
+    pcm = struct.pack(f"<{count}h", *(round(amplitude * 32767 * math.sin(step * n)) for n in range(count)))
+    return write_rtp_pcap(path, pcm, codec)
+
+
 # ---------------------------------------------------------------- RTP on loopback
 
 class RtpSniffer:
@@ -385,6 +431,103 @@ class RtpSniffer:
             if (payload_type is None or pt == payload_type) and (dst_port is None or dst == dst_port)
             and (src_port is None or src == src_port)
         )
+
+
+class CapturedRtp(NamedTuple):
+    time: float  # when it was seen: time.monotonic() for a live capture, the capture time in a pcap file
+    src_port: int
+    dst_port: int
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    payload: bytes
+
+
+class RtpCapture(RtpSniffer):
+    """An RtpSniffer that also keeps every RTP packet it sees (`captured`), to check what a
+    phone was sent: which streams (SSRC) in which order, and the audio itself.
+
+        with RtpCapture(dst_ports=range(20000, 20050)) as rtp:
+            ... a call ...
+        music = [p for p in rtp.captured if p.ssrc != caller_ssrc]
+        samples = decode_g711(music)
+
+    dst_ports: keep only packets to these ports (all when None).  Needs root or
+    CAP_NET_RAW, like RtpSniffer.
+    """
+
+    def __init__(self, interface: str = "lo", dst_ports=None) -> None:
+        super().__init__(interface)
+        self.dst_ports = dst_ports
+        self.captured: list[CapturedRtp] = []
+
+    def _parse(self, frame: bytes) -> None:
+        packet = rtp_in_frame(frame, time.monotonic())
+        if packet is None or (self.dst_ports is not None and packet.dst_port not in self.dst_ports):
+            return
+        self.packets.append((packet.src_port, packet.dst_port, packet.payload_type))
+        self.captured.append(packet)
+
+
+def rtp_in_frame(frame: bytes, seen: float) -> CapturedRtp | None:
+    """The RTP packet in an Ethernet frame (IPv4, UDP), or None (RTCP, not UDP, not RTP version 2)."""
+    if len(frame) < 14 + 20 + 8 + 12 or frame[12:14] != b"\x08\x00":
+        return None
+    ip = frame[14:]
+    header_length = (ip[0] & 0x0F) * 4
+    if ip[9] != 17:  # UDP
+        return None
+    udp = ip[header_length:]
+    src, dst, length = struct.unpack("!HHH", udp[:6])
+    rtp = udp[8:length]
+    if len(rtp) < 12 or rtp[0] >> 6 != 2:
+        return None
+    payload_type = rtp[1] & 0x7F
+    if 72 <= payload_type <= 76:  # RTCP
+        return None
+    start = 12 + 4 * (rtp[0] & 0x0F)
+    if rtp[0] & 0x10 and len(rtp) >= start + 4:  # header extension
+        start += 4 + 4 * struct.unpack("!H", rtp[start + 2:start + 4])[0]
+    end = len(rtp) - (rtp[-1] if rtp[0] & 0x20 else 0)  # padding
+    sequence, timestamp, ssrc = struct.unpack("!HII", rtp[2:12])
+    return CapturedRtp(seen, src, dst, payload_type, sequence, timestamp, ssrc, bool(rtp[1] & 0x80),
+                       bytes(rtp[start:end]))
+
+
+def read_rtp_pcap(path: str | Path) -> list[CapturedRtp]:
+    """The RTP packets of a pcap file (Ethernet, IPv4, UDP: what SIPp plays), with their capture times."""
+    data = Path(path).read_bytes()
+    order = ">" if data[:4] == b"\xa1\xb2\xc3\xd4" else "<"
+    packets: list[CapturedRtp] = []
+    offset = 24
+    while offset + 16 <= len(data):
+        seconds, micros, length, _ = struct.unpack_from(f"{order}IIII", data, offset)
+        packet = rtp_in_frame(data[offset + 16:offset + 16 + length], seconds + micros / 1e6)
+        offset += 16 + length
+        if packet is not None:
+            packets.append(packet)
+    return packets
+
+
+def ssrc_runs(packets: Sequence[CapturedRtp]) -> list[tuple[int, list[CapturedRtp]]]:
+    """Consecutive packets of one stream: [(ssrc, its packets)], in arrival order."""
+    runs: list[tuple[int, list[CapturedRtp]]] = []
+    for packet in packets:
+        if runs and runs[-1][0] == packet.ssrc:
+            runs[-1][1].append(packet)
+        else:
+            runs.append((packet.ssrc, [packet]))
+    return runs
+
+
+def decode_g711(packets: Sequence[CapturedRtp], codec: str = "PCMU") -> list[float]:
+    """The audio of G.711 packets in the order given, as samples in -1.0..1.0."""
+    from pbx.media import g711
+
+    pcm = g711.decoder(codec)(b"".join(p.payload for p in packets))
+    return [v / 32768.0 for v in struct.unpack(f"<{len(pcm) // 2}h", pcm)]
 
 
 # ---------------------------------------------------------------- baresip

@@ -246,7 +246,7 @@ class FakeEndpoint:
 
     def detach(self):
         self.detached = True
-        return (self.rtp_port, "rtp-socket", "rtcp-socket", None, None, None)
+        return (self.rtp_port, "rtp-socket", "rtcp-socket", None, None, None, None)
 
     def close(self):
         self.closed = True

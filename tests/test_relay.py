@@ -298,20 +298,28 @@ async def test_a_media_endpoint_hands_its_sockets_to_a_relay_leg():
         endpoint = MediaEndpoint(reactor, lab.pool, HOST, HOST)
         endpoint.answer(SessionDescription.parse(
             f"v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\n"
-            f"m=audio {alice.address[1]} RTP/AVP 0\r\n".encode()))
+            f"m=audio {alice.address[1]} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n".encode()))
         port = endpoint.rtp_port
+        digits = []
+        endpoint.on_dtmf = digits.append
         alice.send(rtp(1), port)
-        await until(lambda: endpoint.latched is not None)
+        key = struct.pack("!BBHII", 0x80, 101, 2, 4000, 0xCAFE) + bytes([1, 10, 0, 160])
+        alice.send(key, port)  # "1": the attendant connects at the first event packet
+        await until(lambda: digits == ["1"])
         session = lab.relay.create_session()
         own_port = session.leg_a.rtp_port
         await session.leg_a.adopt(endpoint.detach())
         session.leg_b.set_remote(*bob.address)
         assert endpoint.closed and session.leg_a.rtp_port == port
         assert lab.pool.in_use == 2 and own_port != port, "the leg's own pair went back to the pool"
-        alice.send(rtp(2), port)
+        tail = struct.pack("!BBHII", 0x80, 101, 3, 4000, 0xCAFE) + bytes([1, 0x80 | 10, 0, 255])
+        alice.send(tail, port)  # the rest of that key press is not passed on
+        await settle()
+        alice.send(rtp(4), port)
         bob.send(rtp(100), session.leg_b.rtp_port)
         await until(lambda: bob.received and alice.received)
-        assert bob.received[0][0] == rtp(2)
+        assert [data for data, _ in bob.received] == [rtp(4)]
+        assert session.leg_a.dropped == 1
         assert alice.received[-1] == (rtp(100), (HOST, port)), "still latched to the caller"
         await session.close()
         assert lab.pool.in_use == 0

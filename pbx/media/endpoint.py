@@ -101,6 +101,7 @@ class MediaEndpoint:
         self.send_errors = 0
         self.info_digits = 0
         self._rfc4733_seen = False
+        self._last_event: tuple[int, int] | None = None  # (ssrc, timestamp) of the newest key press
         self._closing: Deferred[None] | None = None
         self._pool: PortPool | None = None
         self._rtp: IListeningPort | None = None
@@ -271,6 +272,7 @@ class MediaEndpoint:
         if pt == self.event_payload_type:
             digit = self.dtmf.feed(timestamp, payload, ssrc)
             self._rfc4733_seen = True
+            self._last_event = (ssrc, timestamp)
             if digit is not None:
                 self._digit(digit)
             return
@@ -325,9 +327,14 @@ class MediaEndpoint:
         self._closing.addBoth(lambda result: (d.callback(None), result)[1])
         return d
 
-    def detach(self) -> tuple[int, Any, Any, PortPool | None, Address | None, Address | None]:
+    def detach(self) -> tuple[int, Any, Any, PortPool | None, Address | None, Address | None,
+                              tuple[int, int, int] | None]:
         """Hand the sockets over to a relay leg (the call is connected elsewhere):
-        (rtp port, rtp socket, rtcp socket, pool, SDP address, latched address).
+        (rtp port, rtp socket, rtcp socket, pool, SDP address, latched address,
+        the key press still sounding as (payload type, ssrc, timestamp) or None).
+
+        The key that chose the destination is acted on at its first event
+        packet; the rest of that press must not reach the callee.
 
         The phone keeps sending to the same port, so no re-INVITE is needed.
         Playing and recording stop; the endpoint counts as closed.
@@ -338,7 +345,10 @@ class MediaEndpoint:
             self.player.close()
         if self.recorder is not None:
             self.recorder.stop()
-        handed = (self.rtp_port, self._rtp, self._rtcp, self._pool, self.remote_rtp, self.latched)
+        pressed = None
+        if self._last_event is not None and self.event_payload_type is not None:
+            pressed = (self.event_payload_type, *self._last_event)
+        handed = (self.rtp_port, self._rtp, self._rtcp, self._pool, self.remote_rtp, self.latched, pressed)
         self._rtp = self._rtcp = None
         self._pool = None
         self._closing = succeed(None)

@@ -80,6 +80,8 @@ class MediaLeg:
         self._codecs: dict[int, str] = {}
         #: Music on hold towards this leg's phone; while it plays, the other phone's audio is not forwarded.
         self.music: Player | None = None
+        #: (payload type, ssrc, timestamp) of a key press whose tail is dropped (see `adopt`).
+        self._key_tail: tuple[int, int, int] | None = None
         self._rtp: IListeningPort | None = None
         self._rtcp: IListeningPort | None = None
         self._pool: PortPool | None = None
@@ -174,6 +176,9 @@ class MediaLeg:
                 self.dropped += 1
                 return
             self._latch(addr)
+        if self._key_tail is not None and self._is_key_tail(data):
+            self.dropped += 1
+            return
         now = self._clock.seconds()
         self.rtp_stats.update(data, now)
         self.session.last_activity = now
@@ -214,6 +219,15 @@ class MediaLeg:
             peer.send_errors += 1
             return
         peer.rtcp_out += 1
+
+    def _is_key_tail(self, data: bytes) -> bool:
+        """Whether `data` is the rest of the key press that connected the call; stops looking once past it."""
+        pt, ssrc, timestamp = self._key_tail  # type: ignore[misc]
+        if (len(data) >= 12 and data[1] & 0x7F == pt and int.from_bytes(data[8:12], "big") == ssrc
+                and int.from_bytes(data[4:8], "big") == timestamp):
+            return True
+        self._key_tail = None
+        return False
 
     def _rtcp_target(self) -> Address | None:
         if self.latched_rtcp is not None:
@@ -258,12 +272,15 @@ class MediaLeg:
 
     # -- sockets ----------------------------------------------------------------
 
-    def adopt(self, handed: tuple[int, Any, Any, PortPool | None, Address | None, Address | None]) -> Deferred[None]:
+    def adopt(self, handed: tuple[int, Any, Any, PortPool | None, Address | None, Address | None,
+                                  tuple[int, int, int] | None]) -> Deferred[None]:
         """Take over a media endpoint's sockets (`MediaEndpoint.detach`), closing this leg's own.
 
-        The phone already sends to the endpoint's port; it stays latched.
+        The phone already sends to the endpoint's port; it stays latched. The
+        rest of the key press that chose the destination is dropped, not
+        passed on (the callee would hear or read a digit).
         """
-        port, rtp, rtcp, pool, remote, latched = handed
+        port, rtp, rtcp, pool, remote, latched, self._key_tail = handed
         own = self._close()
         self._rtp, self._rtcp, self._pool = rtp, rtcp, pool
         self.rtp_port, self.rtcp_port = port, port + 1
