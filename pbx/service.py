@@ -268,6 +268,7 @@ class PBXService(MultiService):
     async def _stop(self) -> None:
         self.mwi.stop()
         self.b2bua.stop()
+        await self.b2bua.drain()
         await self.relay.close()
         await MultiService.stopService(self)
         self.transactions.stop()

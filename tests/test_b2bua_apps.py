@@ -309,3 +309,42 @@ def test_hold_without_music_configured_passes_inactive_through(w):
     b_reinvite = [r for r in w.bob.requests("INVITE") if r.to().tag][-1]
     assert b"a=inactive" in b_reinvite.body
     assert w.relay.open[0].leg_b.music is None
+
+
+def test_shut_down_waits_for_an_application_still_saving(w):
+    saving = Deferred()
+    saved = []
+
+    async def script(session):
+        try:
+            await session.collect(timeout=60)
+        except CallEnded:
+            await saving  # e.g. the message being written after the caller hung up
+            saved.append(True)
+            raise
+
+    w.apps.script = script
+    ack(w, w.alice.call("1002"))
+    w.pbx.b2bua.stop()
+    assert w.alice.requests("BYE"), "shut-down hangs up"
+    drained = w.pbx.b2bua.drain(timeout=10)
+    assert not drained.called
+    saving.callback(None)
+    assert saved == [True] and drained.called
+
+
+def test_shut_down_does_not_wait_forever(w):
+    async def script(session):
+        try:
+            await session.collect(timeout=60)
+        except CallEnded:
+            await Deferred()  # never finishes
+
+    w.apps.script = script
+    ack(w, w.alice.call("1002"))
+    w.pbx.b2bua.stop()
+    drained = w.pbx.b2bua.drain(timeout=10)
+    w.clock.advance(9)
+    assert not drained.called
+    w.clock.advance(1)
+    assert drained.called

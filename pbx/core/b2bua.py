@@ -206,6 +206,7 @@ class B2BUA:
         #: Makes a `MediaEndpoint` advertising the given address (NoPortsAvailable when none).
         self.endpoints = endpoints
         self.voicemail_timeout = voicemail_timeout
+        self._running: set[Deferred[None]] = set()  # applications still at work (e.g. saving a message)
         self.calls: dict[str, Call] = {}
         self._dialogs: dict[tuple[str, str], tuple[Call, str]] = {}
         self._by_invite: dict[int, Call] = {}
@@ -653,7 +654,10 @@ class B2BUA:
                 if call.state == "answered":
                     self._hangup(call, "normal")
 
-        ensureDeferred(call.app(session)).addBoth(finished)
+        running = ensureDeferred(call.app(session))
+        running.addBoth(finished)
+        self._running.add(running)
+        running.addBoth(lambda _: self._running.discard(running))
 
     def _app_request(self, call: Call, request: Request, transaction: ServerTransaction) -> None:
         """An in-dialog request from a caller whose leg the PBX terminates itself."""
@@ -1106,6 +1110,26 @@ class B2BUA:
 
     def _account(self, what: str) -> None:
         self.totals[what] = self.totals.get(what, 0) + 1
+
+    def drain(self, timeout: float = 10.0) -> Deferred[None]:
+        """Fires when every application has finished (a message being saved
+        after the caller hung up is not cut off by shut-down), or after `timeout`."""
+        done: Deferred[None] = Deferred()
+        pending = list(self._running)
+        if not pending:
+            done.callback(None)
+            return done
+        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(None))
+
+        def finished(_: object) -> None:
+            if not done.called and not self._running:
+                if timer.active():
+                    timer.cancel()
+                done.callback(None)
+
+        for running in pending:
+            running.addBoth(lambda result: (finished(result), result)[1])
+        return done
 
     def stop(self) -> None:
         """On shut-down: every call still up ends (records are written, media closed)."""
