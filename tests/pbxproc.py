@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -132,6 +133,22 @@ class PBXProcess:
         self._log.close()
         return time.monotonic() - began
 
+    def finished_record(self, since: float = 0.0, timeout: float = 5.0) -> dict:
+        """The newest call record started after `since`, once no call is open any more
+        (records are written when calls end)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(self.directory / "pbx.db") as db:
+                db.row_factory = sqlite3.Row
+                row = db.execute("SELECT * FROM cdr WHERE start_time >= ? ORDER BY start_time DESC LIMIT 1",
+                                 (since,)).fetchone()
+                still_open = db.execute("SELECT COUNT(*) FROM calls_open").fetchone()[0]
+            if row is not None and not still_open:
+                return dict(row)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no finished call record since {since} (open: {still_open})")
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -150,3 +167,10 @@ def env_without_pythonpath() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     return env
+
+
+def prompt_seconds(*names: str) -> float:
+    """How long shipped prompts last, played one after the other (as the PBX reads them: 8 kHz)."""
+    from pbx.media.wav import read_wav
+
+    return sum(len(read_wav(PROJECT / "prompts" / f"{name}.wav")) / 2 / 8000 for name in names)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import time
 import urllib.request
 
@@ -25,8 +24,7 @@ from calls import (
     RtpCapture, message_blocks, read_rtp_pcap, register_then_uas, run_sipp, sipp_data_file, sipp_file, sipp_report,
     stop_sipp, wait_sipp,
 )
-from pbx.media.wav import read_wav
-from pbxproc import PROJECT, PBXProcess, have
+from pbxproc import PBXProcess, have, prompt_seconds
 
 pytestmark = [
     pytest.mark.peers,
@@ -41,8 +39,6 @@ GREETING_SECONDS = 0.5
 MENU_TIMEOUT = 1  # seconds (auto_attendant.timeout)
 
 
-def prompt_seconds(name: str) -> float:
-    return len(read_wav(PROJECT / "prompts" / f"{name}.wav")) / 2 / 8000
 
 
 @pytest.fixture
@@ -101,18 +97,6 @@ def watch_call(pbx: PBXProcess, process, answered_by: str, timeout: float = 20) 
     return seen, first
 
 
-def last_record(pbx: PBXProcess, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(pbx.directory / "pbx.db") as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(row) for row in db.execute("SELECT * FROM cdr ORDER BY start_time")]
-            still_open = db.execute("SELECT COUNT(*) FROM calls_open").fetchone()[0]
-        if rows and not still_open:
-            return rows[-1]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no finished call record (records: {rows}, open: {still_open})")
-        time.sleep(0.1)
 
 
 def received(run, start: str) -> list[str]:
@@ -168,7 +152,7 @@ def test_key_1_connects_1002_and_the_caller_is_heard_there(attendant_pbx, tmp_pa
               if p.src_port not in relay_ports or p.payload_type != 8]
     assert not others, others
 
-    record = last_record(pbx)
+    record = pbx.finished_record()
     assert (record["caller"], record["callee"], record["answered_by"]) == ("1001", "0", "1002")
     assert (record["disposition"], record["hangup_cause"], record["hangup_side"]) == ("answered", "normal", "caller")
 
@@ -193,7 +177,7 @@ def test_invalid_key_then_silence_ends_at_the_operator(attendant_pbx, tmp_path):
     assert not received(not_chosen, "INVITE "), "1002 was rung"
     assert view is not None and view["legs"]["b"]["media"]["packets_out"] > 0, view
 
-    record = last_record(pbx)
+    record = pbx.finished_record()
     assert (record["callee"], record["answered_by"], record["disposition"]) == ("0", "1003", "answered")
     assert record["hangup_side"] == "caller"
     # The operator came after "invalid option", the greeting again and the menu timeout,
@@ -207,7 +191,7 @@ def test_invalid_key_then_silence_without_operator_says_goodbye_and_hangs_up(att
     uac_result = wait_sipp(uac)
     # The scenario ends only on the PBX's BYE (else -recv_timeout fails it).
     assert uac_result.returncode == 0, sipp_report(uac_result)
-    record = last_record(pbx)
+    record = pbx.finished_record()
     assert (record["caller"], record["callee"], record["answered_by"]) == ("1001", "0", "attendant")
     assert (record["disposition"], record["hangup_cause"], record["hangup_side"]) == ("answered", "attendant", "pbx")
     spoken = prompt_seconds("invalid-option") + GREETING_SECONDS + MENU_TIMEOUT + prompt_seconds("goodbye")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import pytest
@@ -23,19 +22,6 @@ def pbx(tmp_path):
         yield process
 
 
-def last_record(pbx: PBXProcess, since: float, timeout: float = 5.0) -> dict:
-    """The newest call record started after `since` (written when the call ends)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(pbx.directory / "pbx.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM cdr WHERE start_time >= ? ORDER BY start_time DESC LIMIT 1", (since,)).fetchone()
-            open_rows = db.execute("SELECT COUNT(*) FROM calls_open").fetchone()[0]
-        if row is not None and open_rows == 0:
-            return dict(row)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no finished record since {since} (open: {open_rows})")
-        time.sleep(0.1)
 
 
 def test_basic_authenticated_call(pbx, tmp_path):
@@ -47,7 +33,7 @@ def test_basic_authenticated_call(pbx, tmp_path):
         assert wait_sipp(callee).returncode == 0, sipp_report(callee)
     finally:
         stop_sipp(callee)
-    record = last_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["caller"], record["callee"], record["disposition"]) == ("1001", "1002", "answered")
     assert record["hangup_side"] == "caller" and record["answered_by"] == "1002"
 
@@ -61,7 +47,7 @@ def test_cancel_while_ringing_gives_487(pbx, tmp_path):
         assert wait_sipp(callee).returncode == 0, sipp_report(callee)
     finally:
         stop_sipp(callee)
-    record = last_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["disposition"], record["hangup_side"]) == ("cancelled", "caller")
 
 
@@ -74,14 +60,14 @@ def test_busy_callee_gives_486(pbx, tmp_path):
         assert wait_sipp(callee).returncode == 0, sipp_report(callee)
     finally:
         stop_sipp(callee)
-    assert last_record(pbx, began)["disposition"] == "busy"
+    assert pbx.finished_record(began)["disposition"] == "busy"
 
 
 def test_unregistered_callee_gives_480(pbx, tmp_path):
     began = time.time()
     caller = run_sipp("uac_unavailable", pbx.sip_port, ["1001;secret1001;1003"], tmp_path)
     assert caller.returncode == 0, sipp_report(caller)
-    record = last_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["disposition"], record["hangup_cause"]) == ("failed", "not-registered")
 
 
@@ -98,7 +84,7 @@ def test_ringall_group_one_answers_the_other_is_cancelled(pbx, tmp_path):
     finally:
         stop_sipp(answers)
         stop_sipp(rings)
-    record = last_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["callee"], record["answered_by"], record["disposition"]) == ("2000", "1002", "answered")
 
 
@@ -111,4 +97,4 @@ def test_hold_and_resume_reinvite(pbx, tmp_path):
         assert wait_sipp(callee).returncode == 0, sipp_report(callee)
     finally:
         stop_sipp(callee)
-    assert last_record(pbx, began)["disposition"] == "answered"
+    assert pbx.finished_record(began)["disposition"] == "answered"

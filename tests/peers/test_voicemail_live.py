@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import socket
-import sqlite3
 import struct
 import threading
 import time
@@ -42,9 +41,8 @@ from audio import analyse, dominant_frequency, goertzel_power, read_wav, rms, wr
 from calls import (
     RtpSniffer, register_then_uas, run_sipp, sipp_data_file, sipp_report, stop_sipp, wait_sipp, wait_until,
 )
-from pbxproc import PROJECT, PBXProcess, free_port, have
+from pbxproc import PBXProcess, free_port, have, prompt_seconds
 from sipclient import authorization, register
-from pbx.media.wav import read_wav as read_prompt
 from pbx.sip.message import Request, Response, parse_datagram
 
 pytestmark = [
@@ -473,25 +471,8 @@ def mailbox(pbx: PBXProcess, number: str) -> dict:
     return json.loads(body)
 
 
-def finished_record(pbx: PBXProcess, since: float, timeout: float = 5.0) -> dict:
-    """The newest call record started after `since`, once no call is open any more."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(pbx.directory / "pbx.db") as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM cdr WHERE start_time >= ? ORDER BY start_time DESC LIMIT 1",
-                             (since,)).fetchone()
-            open_rows = db.execute("SELECT COUNT(*) FROM calls_open").fetchone()[0]
-        if row is not None and open_rows == 0:
-            return dict(row)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no finished record since {since} (open: {open_rows})")
-        time.sleep(0.1)
 
 
-def prompt_seconds(*names: str) -> float:
-    """How long the shipped prompts last, played one after the other (as the PBX reads them: 8 kHz)."""
-    return sum(len(read_prompt(PROJECT / "prompts" / f"{name}.wav")) / 2 / 8000 for name in names)
 
 
 def greeting_seconds(box: str) -> float:
@@ -570,7 +551,7 @@ def test_unanswered_call_leaves_a_message(pbx, tmp_path):
     finally:
         stop_sipp(callee)
 
-    record = finished_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["caller"], record["callee"]) == ("1001", "1002")
     assert (record["disposition"], record["hangup_cause"]) == ("missed", "voicemail-no-answer"), record
     assert record["answer_time"] - record["start_time"] == pytest.approx(NO_ANSWER, abs=1.0), record
@@ -594,7 +575,7 @@ def test_call_to_an_unregistered_extension_goes_straight_to_voicemail(pbx, tmp_p
     began = time.time()
     caller = leave_message(pbx, tmp_path, "1001", "1003")
     assert caller.returncode == 0, sipp_report(caller) + pbx.log()[-3000:]
-    record = finished_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["disposition"], record["hangup_cause"]) == ("missed", "voicemail-not-registered"), record
     assert record["answer_time"] - record["start_time"] < 1.0, record
     assert wait_until(lambda: voicemail_files(pbx, "1003"), 5), pbx.log()[-3000:]
@@ -651,7 +632,7 @@ def test_registered_phone_gets_an_unsolicited_notify_for_a_new_message(pbx, tmp_
         assert fields["message-account"] == "sip:1002@127.0.0.1", notify.body
         assert not phone.errors, phone.errors
 
-    record = finished_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["disposition"], record["hangup_cause"]) == ("missed", "voicemail-busy"), record
     assert (mailbox(pbx, "1002")["new"], mailbox(pbx, "1002")["old"]) == (1, 0)
 
@@ -788,7 +769,7 @@ def test_owner_dials_star97_enters_the_pin_and_hears_the_new_message(pbx, tmp_pa
     box = mailbox(pbx, "1001")
     assert (box["new"], box["old"]) == (0, 1), box
     assert box["messages"][0]["heard"] is True and box["messages"][0]["saved"] is False, box
-    record = finished_record(pbx, began)
+    record = pbx.finished_record(began)
     assert (record["caller"], record["callee"]) == ("1001", "*97"), record
     assert (record["disposition"], record["hangup_cause"], record["answered_by"]) == (
         "answered", "voicemail-access", "voicemail"), record
