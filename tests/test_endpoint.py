@@ -409,7 +409,7 @@ def test_play_before_answer_is_an_error() -> None:
     pool = PortPool(40000, 40001)
 
     class NoSockets:
-        def listenUDP(self, port, protocol, interface=""):
+        def listen(self, reactor, port, interface, receive):
             class Port:
                 def stopListening(self):
                     return None
@@ -418,7 +418,8 @@ def test_play_before_answer_is_an_error() -> None:
         def seconds(self) -> float:
             return 0.0
 
-    endpoint = MediaEndpoint(NoSockets(), pool, HOST, ADVERTISED)
+    fake = NoSockets()
+    endpoint = MediaEndpoint(fake, pool, HOST, ADVERTISED, listen=fake.listen)
     with pytest.raises(RuntimeError):
         endpoint.play(b"\x00\x00")
     endpoint.close()

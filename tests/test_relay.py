@@ -271,13 +271,13 @@ def test_session_close_waits_for_the_sockets():
         def seconds(self) -> float:
             return 0.0
 
-        def listenUDP(self, port, protocol, interface=""):
+        def listen(self, reactor, port, interface, receive):
             self.ports.append(Port())
             return self.ports[-1]
 
     fake = FakeReactor()
     pool = PortPool(10000, 10009)
-    relay = MediaRelay(fake, HOST, pool, HOST)
+    relay = MediaRelay(fake, HOST, pool, HOST, listen=fake.listen)
     session = relay.create_session()
     done = session.close()
     assert not done.called and pool.in_use == 2

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -224,8 +224,12 @@ class CallRecord:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field as stored (epoch floats), for ``from_dict``."""
-        return asdict(self)
+        """Every field as stored (epoch floats), for ``from_dict``.
+
+        The fields are all scalars: a plain copy, not ``dataclasses.asdict``'s
+        recursive one (this runs twice per call).
+        """
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallRecord:
@@ -239,3 +243,6 @@ class CallRecord:
         for name in ("answer", "end"):
             values[name] = _finite(values.get(name))
         return cls(**values)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(CallRecord))

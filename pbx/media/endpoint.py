@@ -34,7 +34,7 @@ from pbx.media import g711
 from pbx.media.dtmf import DTMFDetector, parse_info
 from pbx.media.player import Player
 from pbx.media.portpool import PortPool
-from pbx.media.sockets import bind_pair
+from pbx.media.sockets import Listen, bind_pair, listen_media
 from pbx.media.recorder import Recorder, payload_of
 from pbx.media.rtp import RTPStats
 from pbx.sip.sdp import (
@@ -76,6 +76,7 @@ class MediaEndpoint:
         idle_silence: bool = False,
         max_burst: int = 3,
         on_dtmf: Callable[[str], object] | None = None,
+        listen: Listen = listen_media,
     ) -> None:
         self.reactor = reactor
         self.advertised_address = advertised_address
@@ -108,7 +109,7 @@ class MediaEndpoint:
         self._rtcp: IListeningPort | None = None
         self.rtp_port: int
         self.rtcp_port: int
-        self._bind(bind_host, port_pool, bind_attempts)
+        self._bind(bind_host, port_pool, bind_attempts, listen)
 
     # -- SDP ----------------------------------------------------------------------
 
@@ -285,9 +286,9 @@ class MediaEndpoint:
 
     # -- sockets -------------------------------------------------------------------------
 
-    def _bind(self, interface: str, pool: PortPool, attempts: int) -> None:
+    def _bind(self, interface: str, pool: PortPool, attempts: int, listen: Listen) -> None:
         port, self._rtp, self._rtcp = bind_pair(
-            self.reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received
+            self.reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received, listen
         )
         self._pool = pool
         self.rtp_port, self.rtcp_port = port, port + 1

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 
 from pbx.media.portpool import NoPortsAvailable, PortPool
 from pbx.media.player import Player
-from pbx.media.sockets import bind_pair, retarget
+from pbx.media.sockets import Listen, bind_pair, listen_media, retarget
 from pbx.media.rtp import STATIC_CLOCK_RATES, STATIC_PAYLOAD_TYPES, RTPStats
 
 Address = tuple[str, int]
@@ -291,9 +291,9 @@ class MediaLeg:
         self.latched = latched
         return own
 
-    def _bind(self, reactor: Any, interface: str, pool: PortPool, attempts: int) -> None:
+    def _bind(self, reactor: Any, interface: str, pool: PortPool, attempts: int, listen: Listen) -> None:
         port, self._rtp, self._rtcp = bind_pair(
-            reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received
+            reactor, pool, interface, attempts, self._rtp_received, self._rtcp_received, listen
         )
         self._pool = pool
         self.rtp_port, self.rtcp_port = port, port + 1
@@ -385,8 +385,10 @@ class MediaRelay:
         port_pool: PortPool,
         advertised_address: str,
         bind_attempts: int = 5,
+        listen: Listen = listen_media,
     ) -> None:
         self.reactor = reactor
+        self.listen = listen  # opens one UDP socket (pbx.media.sockets)
         self.bind_host = bind_host
         self.port_pool = port_pool
         self.advertised_address = advertised_address
@@ -403,7 +405,7 @@ class MediaRelay:
         self._next_id += 1
         try:
             for leg in session.legs:
-                leg._bind(self.reactor, self.bind_host, self.port_pool, self.bind_attempts)
+                leg._bind(self.reactor, self.bind_host, self.port_pool, self.bind_attempts, self.listen)
         except NoPortsAvailable as error:
             self.sessions_failed += 1
             self.log.warn("no RTP ports for a new media session: {error}", error=str(error))
