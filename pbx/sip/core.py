@@ -8,7 +8,6 @@ become responses here, in one place.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,6 +23,7 @@ from pbx.sip.errors import (
     SIPError,
     VersionNotSupported,
 )
+from pbx.sip.ids import random_hex
 from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
 from pbx.sip.transaction import ServerTransaction, TransactionLayer
 from pbx.sip.transport import Peer
@@ -187,7 +187,7 @@ class SIPCore:
     def response(self, request: Request, status: int, reason: str) -> Response:
         counts = self.responses_sent
         counts[status] = counts.get(status, 0) + 1
-        response = make_response(request, status, reason, to_tag=secrets.token_hex(6))
+        response = make_response(request, status, reason, to_tag=random_hex(6))
         response.headers.add("Server", self.server_name)
         return response
 

@@ -10,16 +10,17 @@ import secrets
 from dataclasses import dataclass, field
 
 from pbx.sip.headers import NameAddr, parse_name_addr
+from pbx.sip.ids import random_hex
 from pbx.sip.message import Headers, Request, Response
 from pbx.sip.transaction import new_branch
 
 
 def new_tag() -> str:
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 def new_call_id(host: str) -> str:
-    return f"{secrets.token_hex(12)}@{host}"
+    return f"{random_hex(12)}@{host}"
 
 
 @dataclass(slots=True)

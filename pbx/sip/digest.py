@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, cast
+from pbx.sip.ids import random_bytes
 
 __all__ = [
     "ALGORITHMS",
@@ -231,7 +232,7 @@ class NonceManager:
 
     def new_nonce(self) -> str:
         """Return a fresh nonce; unique even when issued in the same ms."""
-        head = _TS.pack(max(0, self._now_ms())) + os.urandom(_RAND_LEN)
+        head = _TS.pack(max(0, self._now_ms())) + random_bytes(_RAND_LEN)
         mac = hmac.digest(self._secret, head, "sha256")[:_MAC_LEN]
         return base64.urlsafe_b64encode(head + mac).rstrip(b"=").decode("ascii")
 

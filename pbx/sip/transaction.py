@@ -29,7 +29,6 @@ dialog layer (which re-sends the ACK, §13.2.2.4).
 from __future__ import annotations
 
 import enum
-import os
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 
 from pbx.sip.headers import Via
+from pbx.sip.ids import random_hex
 from pbx.sip.message import Headers, Request, Response
 
 __all__ = [
@@ -61,7 +61,7 @@ ClientKey = tuple[str, str]
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie and 80 random bits."""
-    return MAGIC_COOKIE + os.urandom(10).hex()
+    return MAGIC_COOKIE + random_hex(10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ They only move bytes: parsing, matching and answering happen in
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.logger import Logger
 
@@ -45,6 +46,36 @@ class Peer:
         return f"<Peer {self.transport} {self.host}:{self.port}>"
 
 
+class DatagramWriter:
+    """`udp.Port.write` without re-checking, for every datagram, an address already seen.
+
+    Twisted checks that the host is an IP literal (a name would make the
+    kernel resolve it, blocking the reactor) three times per datagram; SIP
+    answers go to the few addresses packets came from. Anything unusual
+    (a name, an error) goes through the port's own `write` and its errors.
+    """
+
+    MAX_KNOWN = 65536
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self._sendto = port.socket.sendto
+        self._known: set[str] = set()
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        host = addr[0]
+        if host not in self._known:
+            if not (isIPAddress(host) or isIPv6Address(host)):
+                self.port.write(data, addr)
+                return
+            if len(self._known) < self.MAX_KNOWN:
+                self._known.add(host)
+        try:
+            self._sendto(data, addr)
+        except OSError:
+            self.port.write(data, addr)
+
+
 class SIPDatagramProtocol(DatagramProtocol):
     log = Logger()
 
@@ -52,7 +83,8 @@ class SIPDatagramProtocol(DatagramProtocol):
         self.core = core
 
     def startProtocol(self) -> None:
-        self.core.udp_transport = self.transport
+        self.writer = DatagramWriter(self.transport)
+        self.core.udp_transport = self.writer
         # A deep receive buffer rides out short pauses (a GC pass, a burst of
         # registrations) without the kernel dropping datagrams. The kernel caps
         # it at net.core.rmem_max.
@@ -63,18 +95,18 @@ class SIPDatagramProtocol(DatagramProtocol):
             self.log.warn("could not enlarge the SIP UDP socket buffers")
 
     def stopProtocol(self) -> None:
-        if self.core.udp_transport is self.transport:
+        if self.core.udp_transport is getattr(self, "writer", None):
             self.core.udp_transport = None
 
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            self.core.datagram_received(data, Peer("UDP", addr[0], addr[1], False, self.transport.write))
+            self.core.datagram_received(data, Peer("UDP", addr[0], addr[1], False, self.writer.write))
         except Exception:
             # The listener must survive anything a datagram can provoke.
             self.log.failure("unhandled error for a datagram from {host}:{port}", host=addr[0], port=addr[1])
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.transport.write(data, addr)
+        self.writer.write(data, addr)
 
 
 class SIPStreamProtocol(Protocol):
