@@ -47,6 +47,8 @@ from pbx.store.voicemail import VoicemailRepository
 
 BINDING_FLUSH_INTERVAL = 1.0
 BINDING_EXPIRY_INTERVAL = 5.0
+#: Call records are committed in groups, at most this long after the event (seconds).
+CDR_BATCH_DELAY = 0.05
 
 
 class StartupError(Exception):
@@ -122,7 +124,7 @@ class PBXService(MultiService):
         media_host = "" if server.sip_host == "0.0.0.0" else server.sip_host
         advertised = server.external_ip or (server.sip_host if media_host else "127.0.0.1")
         self.relay = MediaRelay(reactor, media_host, self.port_pool, advertised)
-        self.cdr = CDRRepository(self.db)
+        self.cdr = CDRRepository(self.db, reactor, batch_delay=CDR_BATCH_DELAY)
         self.dialplan = DialPlan.from_config(config, self.directory.__contains__)
         features = config.features
         voicemail = config.voicemail
@@ -269,6 +271,7 @@ class PBXService(MultiService):
         self.mwi.stop()
         self.b2bua.stop()
         await self.b2bua.drain()
+        await self.cdr.flush()
         await self.relay.close()
         await MultiService.stopService(self)
         self.transactions.stop()

@@ -415,3 +415,35 @@ async def test_migration_from_version_1_keeps_rows(tmp_path: Path) -> None:
         assert await repo.count() == 1
     finally:
         db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_writes_are_committed_in_groups(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    db = await open_db(tmp_path)
+    try:
+        clock = Clock()
+        repo = CDRRepository(db, clock, batch_delay=0.05)
+        first, second = record(), record(callee="1003")
+        opened = [repo.open_call(first), repo.open_call(second)]
+        assert not any(d.called for d in opened)
+        assert await open_rows(db) == {}, "nothing is written before the batch is due"
+        clock.advance(0.05)
+        for d in opened:
+            await d
+        assert set(await open_rows(db)) == {first.call_id, second.call_id}
+        # One failing write (a record that cannot be stored) loses nothing else.
+        first.finish(T0 + 10, "answered", "normal", "caller")
+        broken = record()
+        broken.finish(T0 + 10, "answered", "normal", "caller")
+        broken.caller = None  # violates NOT NULL
+        closes = [repo.close_call(first), repo.close_call(broken)]
+        await repo.flush()  # shut-down: no need to wait for the clock
+        await closes[0]
+        with pytest.raises(sqlite3.IntegrityError):
+            await closes[1]
+        assert await repo.count() == 1 and set(await open_rows(db)) == {second.call_id}
+        assert not clock.getDelayedCalls(), "flush cancelled the pending batch"
+    finally:
+        db.close()

@@ -9,6 +9,14 @@ A call's life in the store:
 - ``recover`` at start-up turns whatever is still open into ``cdr`` rows
   (``failed`` / ``restart`` / ``pbx``): a crash costs the call, not its record.
 
+With a clock and a `batch_delay`, the writes of the life of a call are
+queued and committed together, one transaction every `batch_delay` seconds
+(group commit): three thread hops and commits per call would otherwise
+compete with the reactor for the interpreter. Each write keeps its own
+Deferred (fired once its batch is committed) and its own savepoint, so one
+failing write loses nothing else. `flush()` writes the queue at once
+(shut-down).
+
 Records are serialised when the method is called, on the reactor thread:
 the B2BUA keeps changing its `CallRecord` while the write waits for the
 database thread.  A write for a call that is already in ``cdr`` is ignored,
@@ -21,8 +29,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pbx.core.cdr import DISPOSITIONS, CallRecord
 from pbx.store.db import Database
@@ -68,6 +77,11 @@ def _write_open(cursor: Any, call_id: str, text: str, start: float, updated: flo
     )
 
 
+def _write_closed(cursor: Any, row: tuple[Any, ...]) -> None:
+    cursor.execute("INSERT OR REPLACE " + _INSERT, row)
+    cursor.execute("DELETE FROM calls_open WHERE call_id = ?", (row[0],))
+
+
 def _epoch(value: Moment, name: str) -> float:
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -104,30 +118,77 @@ class CDRRepository:
 
     log = Logger()
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Any = None, batch_delay: float = 0.0) -> None:
         self.db = db
+        self.clock = clock
+        self.batch_delay = batch_delay
+        self._queue: list[tuple[Any, tuple[Any, ...], Deferred[None]]] = []
+        self._flush_timer: Any = None
+
+    # -- group commit -----------------------------------------------------------
+
+    def _write(self, work: Any, *args: Any) -> Deferred[None]:
+        if self.clock is None or self.batch_delay <= 0:
+            return self.db.run_transaction(work, *args)
+        done: Deferred[None] = Deferred()
+        self._queue.append((work, args, done))
+        if self._flush_timer is None:
+            self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
+        return done
+
+    def flush(self) -> Deferred[None]:
+        """Commit every queued write now; fires when they are committed (or failed, each on its own)."""
+        timer, self._flush_timer = self._flush_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        batch, self._queue = self._queue, []
+        if not batch:
+            return succeed(None)
+
+        def work(cursor: Any) -> list[Failure | None]:
+            outcomes: list[Failure | None] = []
+            for write, args, _ in batch:
+                cursor.execute("SAVEPOINT cdr_write")
+                try:
+                    write(cursor, *args)
+                except Exception:
+                    outcomes.append(Failure())
+                    cursor.execute("ROLLBACK TO cdr_write")
+                else:
+                    outcomes.append(None)
+                cursor.execute("RELEASE cdr_write")
+            return outcomes
+
+        def committed(outcomes: list[Failure | None]) -> None:
+            for (_, _, done), outcome in zip(batch, outcomes):
+                if outcome is None:
+                    done.callback(None)
+                else:
+                    done.errback(outcome)
+
+        def failed(failure: Failure) -> None:
+            for _, _, done in batch:
+                done.errback(failure)
+
+        d = self.db.run_transaction(work)
+        d.addCallbacks(committed, failed)
+        return d
 
     # -- the life of a call ------------------------------------------------
 
     def open_call(self, record: CallRecord) -> Deferred[None]:
         """Note a call that has started (ringing)."""
-        return self.db.run_transaction(_write_open, *_open_row(record))
+        return self._write(_write_open, *_open_row(record))
 
     def update_open(self, record: CallRecord) -> Deferred[None]:
         """Write the record so far (on answer); ignored once the call is closed."""
-        return self.db.run_transaction(_write_open, *_open_row(record))
+        return self._write(_write_open, *_open_row(record))
 
     def close_call(self, record: CallRecord) -> Deferred[None]:
         """Store a finished record and forget the open call, in one transaction."""
         if record.end is None or record.disposition is None:
             return fail(ValueError(f"call {record.call_id}: close_call needs a finished record"))
-        row = _cdr_row(record)
-
-        def work(cursor: Any) -> None:
-            cursor.execute("INSERT OR REPLACE " + _INSERT, row)
-            cursor.execute("DELETE FROM calls_open WHERE call_id = ?", (row[0],))
-
-        return self.db.run_transaction(work)
+        return self._write(_write_closed, _cdr_row(record))
 
     def recover(self, now: float) -> Deferred[Records]:
         """At start-up, before calls are accepted: close every call left open.
