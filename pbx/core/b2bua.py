@@ -304,39 +304,23 @@ class B2BUA:
         if isinstance(route, VoicemailTarget):
             if apps is None or self.endpoints is None:
                 raise Unavailable("voicemail is not configured", reason="Voicemail Not Available")
-            self._check_limit(caller, number)
-            endpoint, answer = self._endpoint(offer, peer_host)
-            return Plan(app=apps.access(route.mailbox), outcome=("answered", "voicemail-access"),
-                        answered_by="voicemail", media=endpoint, answer=answer)
+            return self._app_plan(caller, number, offer, peer_host, apps.access(route.mailbox),
+                                  ("answered", "voicemail-access"), "voicemail")
         if isinstance(route, AttendantTarget):
             app = apps.attendant() if apps is not None and self.endpoints is not None else None
             if app is None:
                 raise SIPNotFound("the auto attendant is not configured", reason="Auto Attendant Not Available")
-            self._check_limit(caller, number)
-            endpoint, answer = self._endpoint(offer, peer_host)
-            return Plan(app=app, outcome=("answered", "attendant"), answered_by="attendant",
-                        media=endpoint, answer=answer)
+            return self._app_plan(caller, number, offer, peer_host, app, ("answered", "attendant"), "attendant")
         voicemail_box = None
-        if isinstance(route, GroupTarget):
-            group = route.group
-            stages = (
-                [(group.number, list(group.members))]
-                if group.strategy == "ringall"
-                else [(member, [member]) for member in group.members]
-            )
-            ring_timeout = float(group.ring_timeout)
-        else:
-            assert isinstance(route, ExtensionTarget)
-            stages = [(route.number, [route.number])]
-            ring_timeout = None
+        assert isinstance(route, (GroupTarget, ExtensionTarget))
+        stages, ring_timeout = _stages(route)
+        if isinstance(route, ExtensionTarget):
             if apps is not None and self.endpoints is not None and apps.voicemail_enabled(route.number):
                 voicemail_box = route.number
         if not any(self.location.lookup(m) for _, members in stages for m in members):
             if voicemail_box is not None:
-                self._check_limit(caller, number)
-                endpoint, answer = self._endpoint(offer, peer_host)
-                return Plan(app=apps.deposit(voicemail_box), outcome=("missed", "voicemail-not-registered"),
-                            media=endpoint, answer=answer)
+                return self._app_plan(caller, number, offer, peer_host, apps.deposit(voicemail_box),
+                                      ("missed", "voicemail-not-registered"), None)
             raise Unavailable("callee not registered", reason="Not Registered")
         self._check_limit(caller, number)
         try:
@@ -345,6 +329,13 @@ class B2BUA:
             self.log.warn("no free RTP ports for a call from {caller} to {number}", caller=caller, number=number)
             raise ServiceUnavailable("no free media ports", reason="No Media Ports") from None
         return Plan(stages, ring_timeout, media, voicemail_box=voicemail_box)
+
+    def _app_plan(self, caller: str, number: str, offer: SessionDescription, peer_host: str, app: Any,
+                  outcome: tuple[str, str], answered_by: str | None) -> Plan:
+        """An application answers at once (voicemail, the attendant)."""
+        self._check_limit(caller, number)
+        endpoint, answer = self._endpoint(offer, peer_host)
+        return Plan(app=app, outcome=outcome, answered_by=answered_by, media=endpoint, answer=answer)
 
     def _check_limit(self, caller: str, number: str) -> None:
         limit = self.max_calls_per_extension
@@ -692,15 +683,9 @@ class B2BUA:
         if call.state != "answered" or call.b_dialog is not None or call.connecting is not None:
             return succeed(False)
         route = self.dialplan.route(number, call.caller)
-        if isinstance(route, GroupTarget):
-            group = route.group
-            stages = ([(group.number, list(group.members))] if group.strategy == "ringall"
-                      else [(member, [member]) for member in group.members])  # fmt: skip
-            ring_timeout: float | None = float(group.ring_timeout)
-        elif isinstance(route, ExtensionTarget):
-            stages, ring_timeout = [(route.number, [route.number])], None
-        else:
+        if not isinstance(route, (GroupTarget, ExtensionTarget)):
             return succeed(False)
+        stages, ring_timeout = _stages(route)
         if not any(self.location.lookup(m) for _, members in stages for m in members):
             return succeed(False)
         try:
@@ -1141,6 +1126,17 @@ class B2BUA:
                     self._cancel_fork(fork)
             else:
                 self._hangup(call, "shutdown")
+
+
+def _stages(route: GroupTarget | ExtensionTarget) -> tuple[list[tuple[str, list[str]]], float | None]:
+    """Who rings when, and for how long each stage: a ringall group at once,
+    a hunt group member by member, an extension alone (no stage timer)."""
+    if isinstance(route, ExtensionTarget):
+        return [(route.number, [route.number])], None
+    group = route.group
+    if group.strategy == "ringall":
+        return [(group.number, list(group.members))], float(group.ring_timeout)
+    return [(member, [member]) for member in group.members], float(group.ring_timeout)
 
 
 def _media_address(sdp: SessionDescription, fallback_host: str) -> tuple[str, int]:
