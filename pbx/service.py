@@ -156,7 +156,7 @@ class PBXService(MultiService):
         self.mwi = MessageWaiting(
             self.core, self.registrar.gate, self.location, self.voicemail.counts, self.events, reactor,
             sip_port=server.sip_port, advertised_host=self.b2bua.advertised_host,
-            is_mailbox=lambda number: bool(voicemail.enabled) and number in self.directory,
+            is_mailbox=self.applications.voicemail_enabled,
         )  # fmt: skip
         self.core.register_handler("SUBSCRIBE", self.mwi.subscribe_received)
         self.core.dialog_handler = self._in_dialog

@@ -334,19 +334,15 @@ async def test_greeting_length_and_size_limits(api: Harness) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_greetings_may_last_a_minute_unless_configured_otherwise(api: Harness) -> None:
-    """voicemail.max_greeting_duration, 60 s by default, also where the
-    configuration does not know the key (an older, untyped voicemail section)."""
-    api.site.max_body = 1024 * 1024  # a site that takes a minute of audio
+    """voicemail.max_greeting_duration, 60 s by default."""
     path = "/api/voicemail/1001/greeting"
     minute = riff(7, 1, 8000, 8, bytes([0xFF]) * 8000 * 60)
     longer = riff(7, 1, 8000, 8, bytes([0xFF]) * (8000 * 60 + 800))
     assert api.pbx.config.voicemail.max_greeting_duration == 60
-    for config in (api.pbx.config, dataclasses.replace(api.pbx.config, voicemail={})):
-        api.pbx.config = config
-        await api.json("PUT", path, 204, data=minute, content_type=WAV)
-        response, content = await api.request("PUT", path, data=longer, content_type=WAV)
-        assert response.code == 400
-        assert assert_error(content)["error"] == "the greeting lasts 60.1 s, longer than the 60 s allowed"
+    await api.json("PUT", path, 204, data=minute, content_type=WAV)
+    response, content = await api.request("PUT", path, data=longer, content_type=WAV)
+    assert response.code == 400
+    assert assert_error(content)["error"] == "the greeting lasts 60.1 s, longer than the 60 s allowed"
 
 
 def test_greeting_pcm_checks_the_length_before_converting() -> None:
@@ -399,9 +395,16 @@ async def test_voicemail_routes_wait_for_the_pbx_and_for_a_store(api: Harness) -
     try:
         response, content = await api.request("GET", "/api/voicemail/1001")
         assert response.code == 503
-        assert assert_error(content)["error"] == "voicemail is not enabled"
+        assert assert_error(content)["error"] == "voicemail is not enabled (voicemail.enabled)"
     finally:
         api.pbx.voicemail = store
+    config = api.pbx.config
+    api.pbx.config = dataclasses.replace(config, voicemail=dataclasses.replace(config.voicemail, enabled=False))
+    try:
+        response, content = await api.request("GET", "/api/voicemail/1001")
+        assert response.code == 503, "mailboxes are not served while voicemail is off"
+    finally:
+        api.pbx.config = config
 
 
 @pytest_twisted.ensureDeferred

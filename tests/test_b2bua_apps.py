@@ -348,3 +348,15 @@ def test_shut_down_does_not_wait_forever(w):
     assert not drained.called
     w.clock.advance(1)
     assert drained.called
+
+
+def test_hold_music_paces_at_20_ms_when_the_held_phone_asks_for_an_odd_ptime(w):
+    invite, ok = answered_call(w)
+    session = w.relay.open[0]
+    w.bob.on_request = lambda request: (
+        w.bob.reply(request, 200, "OK", sdp("127.0.0.2", 20000, "recvonly").replace(b"a=recvonly", b"a=ptime:25\r\na=recvonly"))
+        if request.method == "INVITE" else w.bob.reply(request, 200, "OK")
+    )
+    w.alice.in_dialog("INVITE", invite, ok, cseq=3, body=sdp("127.0.0.2", 30000, "sendonly"))
+    assert w.alice.responses("INVITE")[-1].status == 200
+    assert session.leg_b.music == ("PCMU", 0, 20)

@@ -209,8 +209,8 @@ class VoicemailRoutes:
         if number not in self.pbx.directory:
             raise NotFound(f"no extension {number}", "number")
         store = getattr(self.pbx, "voicemail", None)
-        if store is None:
-            raise ServiceUnavailable("voicemail is not enabled")
+        if store is None or not self.pbx.config.voicemail.enabled:
+            raise ServiceUnavailable("voicemail is not enabled (voicemail.enabled)")
         return store
 
     def _max_greeting(self) -> float:

@@ -27,6 +27,7 @@ from pbx.core.cdr import CallRecord
 from pbx.core.dialplan import AttendantTarget, ExtensionTarget, GroupTarget, NotFound, VoicemailTarget
 from pbx.core.events import EventBus
 from pbx.core.location import Binding, LocationService
+from pbx.media.endpoint import usable_ptime
 from pbx.media.portpool import NoPortsAvailable
 from pbx.sip.digest import DigestAuthenticator
 from pbx.sip.dialog import Dialog, new_call_id, new_tag, uas_dialog, update_from_response
@@ -967,10 +968,10 @@ class B2BUA:
                 continue
             for pt, name, rate in codecs(media):
                 if name.upper() in ("PCMU", "PCMA") and rate == 8000:
-                    leg.play_music(self.clock, pcm, name.upper(), pt, media.ptime or 20)
+                    leg.play_music(self.clock, pcm, name.upper(), pt, usable_ptime(media.ptime))
                     return
             break
-        self.log.info("no G.711 codec for music on hold on media {session}", session=call_session_id(leg))
+        self.log.info("the held phone answered without PCMU or PCMA: no music on hold")
 
     # -- requests the PBX originates --------------------------------------
 
@@ -1148,10 +1149,6 @@ def _media_address(sdp: SessionDescription, fallback_host: str) -> tuple[str, in
                 address = fallback_host
             return address, media.port
     return fallback_host, 0
-
-
-def call_session_id(leg: Any) -> Any:
-    return getattr(getattr(leg, "session", None), "id", None)
 
 
 def _reason_phrase(text: str, default: str) -> str:

@@ -46,12 +46,20 @@ from pbx.sip.sdp import (
     direction,
 )
 
-__all__ = ["MediaEndpoint", "DEFAULT_PTIME"]
+__all__ = ["MediaEndpoint", "DEFAULT_PTIME", "usable_ptime"]
 
 Address = tuple[str, int]
 
 DEFAULT_PTIME = 20
 _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive"}
+
+
+def usable_ptime(ptime: int | None) -> int:
+    """The packet time the PBX sends with: the phone's a=ptime when it is a
+    multiple of 10 ms up to 60 ms (what the player can pace), else 20 ms."""
+    if ptime is None or ptime % 10 or not 10 <= ptime <= 60:
+        return DEFAULT_PTIME
+    return ptime
 
 
 class MediaEndpoint:
@@ -138,9 +146,7 @@ class MediaEndpoint:
         if chosen is None:
             raise SDPError("no audio stream with PCMU or PCMA in the offer")
         index, media, (pt, name), event_pt = chosen
-        ptime = media.ptime
-        if ptime is None or ptime % 10 or not 10 <= ptime <= 60:
-            ptime = DEFAULT_PTIME
+        ptime = usable_ptime(media.ptime)
         answer_direction = _ANSWER_DIRECTION[direction(offer, media)]
 
         self._set_remote(connection_address(offer, media), media.port)
