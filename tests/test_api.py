@@ -764,7 +764,7 @@ async def test_no_redirects_for_doubled_slashes(api: Harness) -> None:
 def test_a_change_finishes_when_its_client_goes_away() -> None:
     from twisted.internet.defer import CancelledError, Deferred
 
-    from pbx.api.http import uncancellable
+    from pbx.deferreds import uncancellable
 
     applied: list[str] = []
     inner: Deferred = Deferred()

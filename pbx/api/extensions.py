@@ -20,9 +20,10 @@ from twisted.logger import Logger
 from pbx.api.context import ApiContext
 from pbx.api.errors import BadRequest, Conflict, Forbidden, NotFound, install_error_handlers
 from pbx.api.extensions_store import ApiExtensionStore, Outcome, StoredExtension
-from pbx.api.http import endpoint, json_response, read_json, uncancellable
+from pbx.api.http import endpoint, json_response, read_json
 from pbx.api.schemas import EXTENSION_CREATE, EXTENSION_PATCH, EXTENSION_REPLACE, NUMBER
 from pbx.core.cdr import iso_utc
+from pbx.deferreds import uncancellable
 from pbx.sip.digest import compute_ha1
 from pbx.store.extensions import ExtensionRecord, hash_pin, make_record
 
@@ -138,7 +139,7 @@ class ExtensionRoutes:
                 self.log.info("extension {number} created through the API", number=number)
             return outcome
 
-        outcome = await uncancellable(self.store.create(record).addCallback(applied))
+        outcome = await uncancellable(self.store.create(record).addCallback(applied), "an extension change")
         if outcome.status == "exists":
             raise Conflict(f"extension {number} already exists", "number")
         assert outcome.stored is not None
@@ -181,7 +182,7 @@ class ExtensionRoutes:
             return outcome
 
         d = self.store.modify(number, self._change(body, replace_all=replace_all))
-        stored = self._outcome(number, await uncancellable(d.addCallback(applied)))
+        stored = self._outcome(number, await uncancellable(d.addCallback(applied), "an extension change"))
         return json_response(request, self._view(stored))
 
     @app.route("/<number>", methods=["DELETE"])
@@ -200,6 +201,6 @@ class ExtensionRoutes:
                 self.log.info("extension {number} deleted through the API", number=number)
             return outcome
 
-        self._outcome(number, await uncancellable(self.store.delete(number).addCallback(applied)))
+        self._outcome(number, await uncancellable(self.store.delete(number).addCallback(applied), "an extension change"))
         request.setResponseCode(204)
         return b""

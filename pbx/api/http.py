@@ -21,9 +21,7 @@ from io import BytesIO
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from pbx.api.errors import (
@@ -45,7 +43,6 @@ __all__ = [
     "json_response",
     "query_params",
     "read_json",
-    "uncancellable",
 ]
 
 MAX_BODY = 64 * 1024
@@ -56,8 +53,6 @@ UNMATCHED = "unmatched"
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-_log = Logger(namespace="pbx.api")
 
 
 def is_loopback(host: str) -> bool:
@@ -341,24 +336,3 @@ def json_response(request: Any, value: Any, status: int = 200) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def uncancellable(d: Deferred[T]) -> Deferred[T]:
-    """A Deferred with ``d``'s result whose cancellation leaves ``d`` running.
-
-    Klein cancels a handler when its client goes away.  A change already on
-    its way to the database must still finish, and be applied in memory by
-    the callbacks on ``d``, or the registrar's directory would disagree with
-    the table until the next start.
-    """
-    outer: Deferred[T] = Deferred()
-
-    def forward(result: Any) -> None:
-        if not outer.called:
-            if isinstance(result, Failure):
-                outer.errback(result)
-            else:
-                outer.callback(result)
-        elif isinstance(result, Failure):
-            _log.failure("API change failed after its client went away", result)
-
-    d.addBoth(forward)
-    return outer

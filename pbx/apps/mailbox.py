@@ -34,10 +34,10 @@ from typing import Any, TypeVar
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from pbx.core.cdr import iso_utc
 from pbx.core.events import EventBus
+from pbx.deferreds import uncancellable
 from pbx.media.wav import RATE, WavError, fsync_directory, read_wav, write_wav
 from pbx.store.voicemail import Counts, MailboxChange, VoicemailMessage, VoicemailRepository
 
@@ -359,19 +359,5 @@ class VoicemailStore:
 
 
 def _shielded(work: Coroutine[Any, Any, _T]) -> Deferred[_T]:
-    """Run ``work`` to its end even when the returned Deferred is cancelled:
-    the cancel answers the waiter with CancelledError and nothing more."""
-    running = ensureDeferred(work)
-    waiter: Deferred[_T] = Deferred()
-
-    def relay(result: Any) -> None:
-        if not waiter.called:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-        elif isinstance(result, Failure):
-            VoicemailStore.log.failure("voicemail write failed after its caller stopped waiting", result)
-
-    running.addBoth(relay)
-    return waiter
+    """Run `work` to its end even when the returned Deferred is cancelled."""
+    return uncancellable(ensureDeferred(work), "a voicemail write")

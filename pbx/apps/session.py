@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from pbx.deferreds import uncancellable
 from pbx.media.recorder import Recorder
 
 __all__ = ["AppSession", "CallEnded", "Application", "EndpointSession"]
@@ -150,16 +150,7 @@ class EndpointSession:
         never `d` itself, which belongs to the player or recorder.
         """
         self._check()
-        waiter: Deferred[Any] = Deferred()
-
-        def settle(result: Any) -> None:
-            if not waiter.called:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-
-        d.addBoth(settle)
+        waiter = uncancellable(d, "a media application's step")
         self._pending.add(waiter)
         try:
             return await waiter
