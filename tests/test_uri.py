@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pbx.sip.errors import ParseError
-from pbx.sip.uri import AbsoluteURI, SipURI, parse_uri, unescape
+from pbx.sip.uri import AbsoluteURI, SipURI, _parse_any_uri, parse_uri, unescape
 
 FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -317,3 +317,44 @@ def test_parse_uri_on_uri_like_text_raises_only_parse_error(text):
     except ParseError:
         return
     assert parse_uri(str(uri)) == uri
+
+
+def _general_parse(text):
+    try:
+        return _parse_any_uri(text)
+    except ParseError:
+        return "refused"
+
+
+def _parse(text):
+    try:
+        return parse_uri(text)
+    except ParseError:
+        return "refused"
+
+
+@given(
+    st.text("sipSIP:", min_size=3, max_size=5),
+    st.text("ab1-._!~*'()%&=+$,;?/:@[]9", max_size=12),
+    st.text("ab1-._!~*'()%&=+$,;?/:@[]9", max_size=30),
+)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_common_shape_shortcut_agrees_with_the_general_parser(scheme, user, rest):
+    # parse_uri takes a shortcut for the usual sip:user@host:port;params shape;
+    # it must accept, refuse and split exactly as the full grammar does.
+    for text in (f"{scheme}{user}@{rest}", f"{scheme}{rest}", f"sip:{user}@{rest}", f"sip:{rest}"):
+        assert _parse(text) == _general_parse(text), text
+
+
+@pytest.mark.parametrize("text", [
+    "sip:100001@127.0.0.1:46391",
+    "sips:alice@example.com;transport=tcp;lr",
+    "sip:127.0.0.1:5060",
+    "sip:host:65536",
+    "sip:a@b;",
+    "sip:host;x=a@b",
+    "sip:user:pw@host",
+    "sip:[::1]:5060",
+])
+def test_common_shape_examples_agree_with_the_general_parser(text):
+    assert _parse(text) == _general_parse(text)

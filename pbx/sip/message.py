@@ -220,9 +220,12 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialize; Content-Length always states the real body length."""
         lines = [self.start_line()]
-        for name, value in self.headers.items():
-            if name.lower() not in ("content-length", "l"):
-                lines.append(f"{name}: {value}")
+        names = self.headers._names
+        for key, values in self.headers._fields.items():
+            if key != "content-length":
+                name = names[key]
+                for value in values:
+                    lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
@@ -297,32 +300,48 @@ def parse_head(head: bytes) -> Request | Response:
     if text.count("\n") != len(lines) - 1 or text.count("\r") != (len(lines) - 1 if "\r\n" in text else 0):
         raise ParseError("stray CR or LF in the header section")
     message = _parse_start_line(lines[0])
-    add = message.headers.add
+    if "\n " in text or "\n\t" in text:
+        lines = _unfold(lines)
+    # Headers.add, inlined: this loop runs for every header of every message.
+    fields = message.headers._fields
+    names = message.headers._names
     known = _KEYS  # names seen before are valid tokens: skip the regex
-    name = value = None
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        key = known.get(name)
+        if key is None:
+            name = name.rstrip(" \t")
+            if not colon or not _NAME_RE.match(name):
+                raise ParseError(f"bad header line {line[:40]!r}")
+            key = header_key(name)
+        elif not colon:
+            raise ParseError(f"bad header line {line[:40]!r}")
+        values = fields.get(key)
+        if values is None:
+            fields[key] = [value.strip(" \t")]
+            names[key] = name if len(name) > 1 else _spell(key)
+        else:
+            values.append(value.strip(" \t"))
+    return message
+
+
+def _unfold(lines: list[str]) -> list[str]:
+    """Join continuation lines to the header line they continue (RFC 3261 §7.3.1)."""
+    out = lines[:1]
     for line in lines[1:]:
         if not line:
             continue
         if line[0] in " \t":
-            if name is None:
+            if len(out) == 1:
                 raise ParseError("continuation line before any header")
             more = line.strip(" \t")
             if more:
-                value = f"{value} {more}" if value else more
+                out[-1] = out[-1].rstrip(" \t") + " " + more
             continue
-        if name is not None:
-            add(name, value)
-        name, colon, value = line.partition(":")
-        if name not in known:
-            name = name.rstrip(" \t")
-            if not colon or not _NAME_RE.match(name):
-                raise ParseError(f"bad header line {line[:40]!r}")
-        elif not colon:
-            raise ParseError(f"bad header line {line[:40]!r}")
-        value = value.strip(" \t")
-    if name is not None:
-        add(name, value)
-    return message
+        out.append(line)
+    return out
 
 
 def content_length(message: Message) -> int | None:
@@ -416,27 +435,32 @@ def make_response(request: Request, status: int, reason: str, to_tag: str | None
     The top Via carries the `received`/`rport` values the transport stored on
     the request's first Via (RFC 3261 §18.2.1, RFC 3581).
     """
-    src = request.headers
-    headers = Headers()
-    for value in src._fields.get("via", ()):
-        headers.add("Via", value)
-    if request._vias:
-        first = request._vias[0]
-        if "received" in first.params or first.params.get("rport"):
-            values = headers._fields["via"]
-            items = split_list(values[0])
-            items[0] = str(first)
-            values[0] = ", ".join(items)
-    from_value = src.get("from")
-    if from_value is not None:
-        headers.add("From", from_value)
-    to_value = src.get("to")
-    if to_value is not None:
-        if to_tag is not None and status > 100 and not _has_tag(to_value):
-            to_value = f"{to_value};tag={to_tag}"
-        headers.add("To", to_value)
-    for name in ("Call-ID", "CSeq"):
-        value = src.get(name)
-        if value is not None:
-            headers.add(name, value)
-    return Response(status, reason, headers)
+    src = request.headers._fields
+    response = Response(status, reason)
+    # Filled field by field rather than through Headers.add: every answer
+    # the PBX sends is built here.
+    fields = response.headers._fields
+    names = response.headers._names
+    vias = src.get("via")
+    if vias:
+        vias = list(vias)
+        if request._vias:
+            first = request._vias[0]
+            if "received" in first.params or first.params.get("rport"):
+                items = split_list(vias[0])
+                items[0] = str(first)
+                vias[0] = ", ".join(items)
+        fields["via"] = vias
+        names["via"] = "Via"
+    for key, name in _COPIED:
+        values = src.get(key)
+        if values:
+            value = values[0]
+            if key == "to" and to_tag is not None and status > 100 and not _has_tag(value):
+                value = f"{value};tag={to_tag}"
+            fields[key] = [value]
+            names[key] = name
+    return response
+
+
+_COPIED = (("from", "From"), ("to", "To"), ("call-id", "Call-ID"), ("cseq", "CSeq"))

@@ -19,6 +19,16 @@ _USERINFO = re.compile(r"[A-Za-z0-9\-_.!~*'()%&=+$,;?/:]*\Z")
 _PARAM = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+\Z")
 _HEADERS = re.compile(r"[A-Za-z0-9\-_.!~*'()%\[\]/?:+$=&]*\Z")
 _FORBIDDEN = re.compile(r'[ \t\r\n<>"]')
+# The shape nearly every URI on the wire has: lower-case sip/sips, a plain
+# user without password, a host name or IPv4 address, a port, parameters and
+# no headers. Whatever it matches, the general parser would accept the same
+# way; anything else (IPv6, passwords, escapes in odd places) takes that path.
+_PCHARS = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]+"
+_COMMON = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()%&=+$,]+)@)?"
+    r"([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)(?::([0-9]{1,5}))?"
+    r"((?:;" + _PCHARS + r"(?:=" + _PCHARS + r")?)*)\Z"
+)
 
 
 def unescape(text: str) -> str:
@@ -95,6 +105,20 @@ def _parse_host_port(text: str, whole: str) -> tuple[str, int | None]:
 
 def parse_uri(text: str) -> SipURI | AbsoluteURI:
     """Parse a URI; raises ParseError for anything that is not a URI at all."""
+    m = _COMMON.match(text)
+    if m is not None:
+        scheme, user, host, port, param_text = m.groups()
+        if port is None or int(port) <= 65535:
+            params: dict[str, str | None] = {}
+            if param_text:
+                for part in param_text[1:].split(";"):
+                    name, eq, value = part.partition("=")
+                    params[name.lower()] = value if eq else None
+            return SipURI(scheme, user, None, host, None if port is None else int(port), params, None)
+    return _parse_any_uri(text)
+
+
+def _parse_any_uri(text: str) -> SipURI | AbsoluteURI:
     scheme, sep, rest = text.partition(":")
     if not sep or not _SCHEME.match(scheme) or not rest or _FORBIDDEN.search(text) is not None:
         raise ParseError(f"bad URI {text!r}")

@@ -37,10 +37,10 @@ class NotAcceptable(SIPError):
 def check_request(request: Request) -> None:
     """Raise the SIPError that answers a request the stack must refuse."""
     headers = request.headers
+    fields = headers._fields  # keyed by the lower-case full names used below
     for name in REQUIRED_HEADERS:
-        if name not in headers:
+        if name not in fields:
             raise ParseError(f"missing {name} header", reason=f"Missing {name.title()} Header")
-    fields = headers._fields
     for name in SINGLE_HEADERS:
         if len(fields.get(name, ())) > 1:
             raise ParseError(f"more than one {name} header", reason=f"Duplicate {name.title()} Header")
@@ -48,7 +48,7 @@ def check_request(request: Request) -> None:
     if vias[0].branch == "z9hG4bK":
         raise ParseError("branch holds only the magic cookie", reason="Bad Via Branch")
     cseq = request.cseq
-    max_forwards = headers.get("max-forwards")
+    max_forwards = fields["max-forwards"][0] if "max-forwards" in fields else None
     if max_forwards is not None and (not (max_forwards.isascii() and max_forwards.isdigit()) or len(max_forwards) > 10):
         raise ParseError("bad Max-Forwards", reason="Bad Max-Forwards")
     request.from_()
@@ -69,9 +69,10 @@ def check_request(request: Request) -> None:
         request.contacts()
     if request.method in ("ACK", "CANCEL"):
         return
-    unsupported = [tag for tag in headers.get_list("require") if tag.lower() not in SUPPORTED_EXTENSIONS]
-    if unsupported:
-        raise BadExtension(unsupported)
+    if "require" in fields:
+        unsupported = [tag for tag in headers.get_list("require") if tag.lower() not in SUPPORTED_EXTENSIONS]
+        if unsupported:
+            raise BadExtension(unsupported)
     if request.body:
         content_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
         if content_type not in ACCEPTED_BODY_TYPES and request.method in ("INVITE", "UPDATE", "PRACK", "ACK", "INFO"):
