@@ -188,12 +188,31 @@ def test_foreign_nonce_after_restart_is_rechallenged_not_forbidden(h):
     assert h.send(register("1001", cseq=2, authorization=auth)).status == 401
 
 
-def test_retransmission_gets_the_same_answer(h):
+def test_challenge_is_stateless(h):
+    # RFC 3261 §8.2.7: a challenge keeps no transaction; a retransmission of
+    # the request is simply challenged again, with a fresh nonce.
     data = register("1001", branch="z9hG4bKretrans")
     first = h.send(data)
+    assert first.status == 401
+    assert len(h.pbx.transactions) == 0
+    again = h.send(data)
+    assert again.status == 401
+    assert again.headers.get("WWW-Authenticate") != first.headers.get("WWW-Authenticate")
+    assert len(h.pbx.transactions) == 0
+
+
+def test_retransmission_of_an_authenticated_register_gets_the_same_answer(h):
+    challenge = h.send(register("1001"))
+    data = register("1001", cseq=2, branch="z9hG4bKretrans2",
+                    authorization=authorization(challenge, "1001", "secret1001"))
+    first = h.send(data)
+    assert first.status == 200
+    assert len(h.pbx.transactions) == 1
     h.sent.clear()
     h.pbx.core.datagram_received(data, Peer("UDP", "127.0.0.1", 5061, False, lambda d, a: h.sent.append((d, a))))
-    assert parse(h.sent[0][0]).headers.get("WWW-Authenticate") == first.headers.get("WWW-Authenticate")
+    assert len(h.sent) == 1
+    assert parse(h.sent[0][0]).status == 200
+    assert parse(h.sent[0][0]).headers.get("To") == first.headers.get("To")  # the same response, same tag
 
 
 def test_response_goes_to_source_port_with_rport(h):

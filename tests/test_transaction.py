@@ -355,6 +355,30 @@ def test_server_non_invite_reliable_expires_at_once(clock, layer):
     assert clock.getDelayedCalls() == []
 
 
+def test_server_non_invite_stateless_final_keeps_nothing(clock, layer):
+    # RFC 3261 §8.2.7: a challenge is sent without keeping the transaction,
+    # so the retransmitted request is a new request and nothing waits for J.
+    request = make_request()
+    wire = Wire(clock)
+    txn = layer.create_server(request, wire, False)
+    final = make_response(request, 401, "Unauthorized", to_tag="ch")
+    txn.respond(final, stateless=True)
+    assert txn.state is State.TERMINATED
+    assert txn.request is None
+    assert wire.data == [final.to_bytes()]
+    assert len(layer) == 0
+    assert layer.match_server(make_request()) is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_server_invite_ignores_stateless_and_waits_for_the_ack(clock, layer):
+    invite = make_request("INVITE")
+    txn = layer.create_server(invite, Wire(clock), False)
+    txn.respond(make_response(invite, 407, "Proxy Authentication Required", to_tag="ch"), stateless=True)
+    assert txn.state is State.COMPLETED
+    assert len(layer) == 1
+
+
 def test_server_releases_request_after_final(clock, layer):
     request = make_request()
     txn = layer.create_server(request, Wire(clock), False)

@@ -62,7 +62,10 @@ class DigestGate:
             status, reason, header = 407, "Proxy Authentication Required", "Proxy-Authenticate"
         else:
             status, reason, header = 401, "Unauthorized", "WWW-Authenticate"
+        # A non-INVITE challenge is answered statelessly (RFC 3261 §8.2.7); an
+        # INVITE's keeps its transaction, which must absorb the ACK.
         self.core.respond(
             transaction, request, status, reason,
             [(header, value) for value in self.authenticator.challenges(stale=stale)],
+            stateless=request.method != "INVITE",
         )  # fmt: skip

@@ -26,7 +26,7 @@ from pbx.sip.errors import (
 from pbx.sip.ids import random_hex
 from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
 from pbx.sip.transaction import ServerTransaction, TransactionLayer
-from pbx.sip.transport import Peer
+from pbx.sip.transport import Peer, ReplyTo
 from pbx.sip.validate import ACCEPTED_BODY_TYPES, KNOWN_METHODS, check_request
 
 ACCEPT = "application/sdp"
@@ -181,8 +181,7 @@ class SIPCore:
             target = (peer.host, peer.port)
         else:
             target = (via.params.get("maddr") or via.params.get("received") or via.host, via.port or 5060)
-        write = peer._write
-        return lambda data: write(data, target)
+        return ReplyTo(peer._write, target)
 
     def response(self, request: Request, status: int, reason: str) -> Response:
         counts = self.responses_sent
@@ -191,11 +190,13 @@ class SIPCore:
         response.headers.add("Server", self.server_name)
         return response
 
-    def respond(self, transaction: ServerTransaction, request: Request, status: int, reason: str, headers=()) -> None:
+    def respond(self, transaction: ServerTransaction, request: Request, status: int, reason: str, headers=(),
+                *, stateless: bool = False) -> None:
+        """Answer through `transaction`; `stateless` ends it at once (see `ServerTransaction.respond`)."""
         response = self.response(request, status, reason)
         for name, value in headers:
             response.headers.add(name, value)
-        transaction.respond(response)
+        transaction.respond(response, stateless=stateless)
 
     def respond_error(self, transaction: ServerTransaction, request: Request, error: SIPError) -> None:
         extra: list[tuple[str, str]] = []

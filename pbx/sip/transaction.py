@@ -468,12 +468,24 @@ class ServerTransaction(_Transaction):
         if self.state is _PROCEEDING and self._data is None:
             self.respond(_make_trying(self.request))
 
-    def respond(self, response: Response) -> None:
-        """Send a response from the TU and move the state machine on."""
+    def respond(self, response: Response, *, stateless: bool = False) -> None:
+        """Send a response from the TU and move the state machine on.
+
+        With `stateless`, a final response to a non-INVITE ends the transaction
+        at once instead of keeping it for Timer J, as a stateless UAS does for
+        challenges (RFC 3261 §8.2.7): a retransmitted request is answered
+        afresh, and a flood of unauthenticated requests leaves nothing behind.
+        """
         status = response.status
         if not 100 <= status <= 699:
             raise ValueError(f"bad status code {status}")
         state = self.state
+        if stateless and status >= 200 and not self.is_invite and (state is _TRYING or state is _PROCEEDING):
+            self.request = None
+            self.status = status
+            self._terminate()
+            self._transmit(response.to_bytes())
+            return
         if state is _TRYING or state is _PROCEEDING:
             pass
         elif state is _ACCEPTED and 200 <= status < 300:
