@@ -26,7 +26,7 @@ from pbx.sip.errors import (
 from pbx.sip.ids import random_hex
 from pbx.sip.message import Request, Response, make_response, parse_datagram, parse_head
 from pbx.sip.transaction import ServerTransaction, TransactionLayer
-from pbx.sip.transport import Peer, ReplyTo
+from pbx.sip.transport import Peer
 from pbx.sip.validate import ACCEPTED_BODY_TYPES, KNOWN_METHODS, check_request
 
 ACCEPT = "application/sdp"
@@ -130,7 +130,9 @@ class SIPCore:
             if self.ack_handler is not None and self.ready:
                 self.ack_handler(request, peer)
             return
-        transaction = self.transactions.create_server(request, self._sender(request, peer), peer.reliable)
+        transaction = self.transactions.create_server(
+            request, peer._write, peer.reliable, address=self._reply_address(request, peer)
+        )
         try:
             if not self.ready:
                 raise ServiceUnavailable("starting up", reason="Starting Up")
@@ -172,16 +174,14 @@ class SIPCore:
             via.params["received"] = peer.host
             via.params["rport"] = str(peer.port)
 
-    def _sender(self, request: Request, peer: Peer) -> Callable[[bytes], None]:
-        """Where responses go (RFC 3261 §18.2.2, RFC 3581 §4)."""
+    def _reply_address(self, request: Request, peer: Peer) -> tuple[str, int] | None:
+        """Where UDP responses go (RFC 3261 §18.2.2, RFC 3581 §4); None on a connection."""
         if peer.reliable:
-            return peer._write
+            return None
         via = request.vias[0]
         if self.force_rport or via.params.get("rport"):
-            target = (peer.host, peer.port)
-        else:
-            target = (via.params.get("maddr") or via.params.get("received") or via.host, via.port or 5060)
-        return ReplyTo(peer._write, target)
+            return (peer.host, peer.port)
+        return (via.params.get("maddr") or via.params.get("received") or via.host, via.port or 5060)
 
     def response(self, request: Request, status: int, reason: str) -> Response:
         counts = self.responses_sent
@@ -244,7 +244,7 @@ class SIPCore:
             if peer.reliable or self.force_rport:
                 peer.send_to(response.to_bytes(), peer.host, peer.port)
             else:
-                self._sender(request, peer)(response.to_bytes())
+                peer._write(response.to_bytes(), self._reply_address(request, peer))
         except Exception:
             self.log.failure("could not answer a malformed request from {peer}", peer=peer)
 

@@ -182,6 +182,7 @@ class _Transaction:
         "state",
         "on_transport_error",
         "_send",
+        "_address",
         "_clock",
         "_timers",
         "_registry",
@@ -206,6 +207,7 @@ class _Transaction:
         self.reliable = reliable
         self.on_transport_error = on_transport_error
         self._send = send
+        self._address: tuple[str, int] | None = None
         self._clock = clock
         self._timers = timers if timers is not None else TimerSettings()
         self._registry: dict | None = None
@@ -217,7 +219,10 @@ class _Transaction:
     def _transmit(self, data: bytes) -> bool:
         """Send; on a transport failure end the transaction (§17.1.4, §17.2.4)."""
         try:
-            self._send(data)
+            if self._address is None:
+                self._send(data)
+            else:
+                self._send(data, self._address)
         except Exception:
             log.failure(
                 "Transport error on {method} transaction {key!r}",
@@ -702,8 +707,15 @@ class TransactionLayer:
         *,
         on_ack_timeout: Callable[[], None] | None = None,
         on_transport_error: Callable[[], None] | None = None,
+        address: tuple[str, int] | None = None,
     ) -> ServerTransaction:
-        """A new server transaction for a request that matched none."""
+        """A new server transaction for a request that matched none.
+
+        With `address`, responses go out as ``send(data, address)``: a UDP
+        socket's one write method and a tuple, rather than a closure per
+        transaction, since a registrar keeps a great many of them for Timer J
+        and each extra object lengthens the cyclic collector's full passes.
+        """
         key = self.server_key(request)
         self._check_free(self._servers, key)
         txn = ServerTransaction(
@@ -716,6 +728,7 @@ class TransactionLayer:
             on_transport_error=on_transport_error,
             accepted_state=self.accepted_state,
         )
+        txn._address = address
         self._enrol(self._servers, key, txn)
         return txn
 

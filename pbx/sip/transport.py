@@ -46,25 +46,6 @@ class Peer:
         return f"<Peer {self.transport} {self.host}:{self.port}>"
 
 
-class ReplyTo:
-    """Sends a transaction's responses to one UDP address.
-
-    A registrar keeps every answered transaction for Timer J (32 s), so at
-    thousands of registrations a second this object exists hundreds of
-    thousands of times; one small object instead of a closure and its cells
-    keeps the cyclic collector's full passes short.
-    """
-
-    __slots__ = ("write", "target")
-
-    def __init__(self, write: Any, target: tuple[str, int]) -> None:
-        self.write = write
-        self.target = target
-
-    def __call__(self, data: bytes) -> None:
-        self.write(data, self.target)
-
-
 class DatagramWriter:
     """`udp.Port.write` without re-checking, for every datagram, an address already seen.
 
