@@ -73,7 +73,7 @@ class SIPService(Service):
         super().privilegedStartService()
         interface = "" if self.host == "0.0.0.0" else self.host
         try:
-            self.listeners.append(self.reactor.listenUDP(self.port, SIPDatagramProtocol(self.core), interface=interface, maxPacketSize=65535))
+            self.listeners.append(self.reactor.listenUDP(self.port, SIPDatagramProtocol(self.core, self.reactor), interface=interface, maxPacketSize=65535))
             if self.tcp:
                 self.listeners.append(
                     self.reactor.listenTCP(self.port, SIPStreamFactory(self.core, self.max_size), interface=interface)

@@ -6,6 +6,7 @@ import errno
 import os
 
 import pytest
+from twisted.internet.task import Clock
 
 from pbx.sip import ids
 from pbx.sip.transport import DatagramWriter
@@ -67,3 +68,42 @@ def test_send_errors_get_the_ports_own_handling() -> None:
     port = Port(fail=errno.EMSGSIZE)
     DatagramWriter(port).write(b"x", ("127.0.0.1", 5060))
     assert port.checked == [(b"x", ("127.0.0.1", 5060))]
+
+
+def test_with_a_clock_a_burst_leaves_together_after_the_reactor_turn_in_order() -> None:
+    clock = Clock()
+    port = Port()
+    writer = DatagramWriter(port, clock)
+    writer.write(b"a", ("127.0.0.1", 5060))
+    writer.write(b"b", ("127.0.0.2", 5062))
+    writer.write(b"c", ("127.0.0.1", 5060))
+    assert port.sent == []  # still handling the burst
+    assert len(clock.getDelayedCalls()) == 1  # one flush for the whole burst
+    clock.advance(0)
+    assert [data for data, _ in port.sent] == [b"a", b"b", b"c"]
+    assert clock.getDelayedCalls() == []
+    writer.write(b"d", ("127.0.0.1", 5060))
+    clock.advance(0)
+    assert port.sent[-1] == (b"d", ("127.0.0.1", 5060))
+
+
+def test_a_gathered_name_is_still_refused_at_once_and_errors_at_flush_are_logged() -> None:
+    clock = Clock()
+    port = Port(fail=errno.EMSGSIZE)
+    writer = DatagramWriter(port, clock)
+    with pytest.raises(ValueError):
+        writer.write(b"c", ("phone.example.com", 5060))  # checked when written, not later
+    writer.write(b"x", ("127.0.0.1", 5060))
+    writer.write(b"y", ("127.0.0.1", 5061))
+    clock.advance(0)  # the socket refuses: the port's own write gets each one
+    assert port.checked[-2:] == [(b"x", ("127.0.0.1", 5060)), (b"y", ("127.0.0.1", 5061))]
+
+
+def test_flush_sends_what_waits_and_cancels_the_turn() -> None:
+    clock = Clock()
+    port = Port()
+    writer = DatagramWriter(port, clock)
+    writer.write(b"last", ("127.0.0.1", 5060))
+    writer.flush()  # the protocol stops: the socket is about to close
+    assert port.sent == [(b"last", ("127.0.0.1", 5060))]
+    assert clock.getDelayedCalls() == []
