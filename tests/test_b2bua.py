@@ -303,3 +303,39 @@ def test_second_fork_answering_late_is_acked_and_hung_up(w):
     w.bob.reply(w.bob.last_invite, 200, "OK", body, tag="bobtag")
     assert w.bob.requests("ACK") and w.bob.requests("BYE")
     assert not w.carol.requests("BYE")
+
+
+def test_each_sdp_body_of_a_call_is_parsed_once(w, monkeypatch):
+    from fakesip import sdp
+    from pbx.sip.sdp import SessionDescription
+
+    parsed: list[bytes] = []
+    parse = SessionDescription.parse.__func__
+    monkeypatch.setattr(SessionDescription, "parse",
+                        classmethod(lambda cls, body: (parsed.append(bytes(body)), parse(cls, body))[1]))
+    w.register(w.bob)
+    w.bob.answer = "200"
+    invite = w.alice.call("1002")
+    [call] = w.pbx.b2bua.calls.values()
+    assert call.a_offer == parse(SessionDescription, invite.body), "the offer is kept on the call, parsed"
+    answer = sdp(w.bob.host, 20000)  # what the callee's phone answers with
+    assert parsed == [invite.body, answer], "the offer once (not again for leg B), the answer once"
+
+
+def test_an_ended_call_is_freed_without_the_garbage_collector(w):
+    import gc
+    import weakref
+
+    gc.disable()  # a cycle would keep the call until the next collection: none must be needed
+    try:
+        invite, ok = answered_call(w)
+        [call] = w.pbx.b2bua.calls.values()
+        gone = weakref.ref(call)
+        del call
+        w.clock.advance(1)
+        w.alice.in_dialog("BYE", invite, ok, cseq=3)
+        assert w.alice.statuses("BYE") == [200] and not w.pbx.b2bua.calls
+        w.clock.advance(65)  # the call's transactions finish and let go of it
+        assert gone() is None
+    finally:
+        gc.enable()

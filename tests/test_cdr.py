@@ -447,3 +447,80 @@ async def test_writes_are_committed_in_groups(tmp_path: Path) -> None:
         assert not clock.getDelayedCalls(), "flush cancelled the pending batch"
     finally:
         db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_batch_writes_an_open_call_once_with_its_newest_state(tmp_path: Path, monkeypatch) -> None:
+    from twisted.internet.task import Clock
+
+    import pbx.store.cdr as store
+
+    written = []
+    write_open = store._write_open
+
+    def counted(cursor, *row):
+        written.append(row[0])
+        write_open(cursor, *row)
+
+    monkeypatch.setattr(store, "_write_open", counted)
+    db = await open_db(tmp_path)
+    try:
+        clock = Clock()
+        repo = CDRRepository(db, clock, batch_delay=0.05)
+        r = record()
+        opened = repo.open_call(r)
+        r.answer, r.answered_by = T0 + 1, "1002"  # the callee answered before the batch was due
+        updated = repo.update_open(r)
+        clock.advance(0.05)
+        await opened
+        await updated
+        assert written == [r.call_id], "one row written, not two"
+        assert (await open_rows(db))[r.call_id].answered_by == "1002"
+        later = repo.update_open(r)  # a later batch writes again
+        clock.advance(0.05)
+        await later
+        assert written == [r.call_id, r.call_id]
+    finally:
+        db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_closed_in_the_batch_of_its_updates_stays_closed(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    db = await open_db(tmp_path)
+    try:
+        clock = Clock()
+        repo = CDRRepository(db, clock, batch_delay=0.05)
+        r = record()
+        writes = [repo.open_call(r)]
+        r.finish(T0 + 3, "cancelled", "caller-cancel", "caller")
+        writes += [repo.close_call(r), repo.update_open(r)]  # a late update queues after the close
+        await repo.flush()
+        for d in writes:
+            await d
+        assert await open_rows(db) == {}
+        assert await repo.get(r.call_id) == r
+    finally:
+        db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_record_that_cannot_be_serialised_fails_alone(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    db = await open_db(tmp_path)
+    try:
+        clock = Clock()
+        repo = CDRRepository(db, clock, batch_delay=0.05)
+        good, bad = record(), record(callee="1003")
+        writes = [repo.open_call(good), repo.open_call(bad), repo.update_open(bad)]
+        bad.caller_name = object()  # not JSON
+        await repo.flush()
+        await writes[0]
+        for d in writes[1:]:
+            with pytest.raises(TypeError):
+                await d
+        assert set(await open_rows(db)) == {good.call_id}
+    finally:
+        db.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
+import weakref
 
 import pytest
 import pytest_twisted
@@ -348,3 +350,38 @@ async def test_music_on_hold_replaces_the_holders_audio_until_stopped():
         assert bob.received[-1][0] == rtp(2)
     finally:
         await lab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_is_immediate_and_leaves_no_cycle_behind():
+    """A call's session is freed by reference counting alone: nothing waits for the garbage collector."""
+    lab = Lab(pairs=2)
+    try:
+        alice, bob = lab.phone(), lab.phone()
+        session = lab.relay.create_session()
+        connect(session, alice, bob)  # (no packet: the latching log line would keep its leg alive)
+        gc.disable()
+        try:
+            closing = session.close()
+            assert closing.called and lab.pool.in_use == 0, "sockets closed and ports released at once"
+            assert session.stats()["a"]["remote"] == "%s:%d" % alice.address, "the counters outlive the sockets"
+            gone = [weakref.ref(o) for o in (session, session.leg_a, session.leg_b)]
+            del session, closing
+            assert [ref() for ref in gone] == [None, None, None]
+        finally:
+            gc.enable()
+    finally:
+        await lab.close()
+
+
+def test_last_activity_is_the_newest_packet_on_either_leg():
+    class Clock:
+        def seconds(self) -> float:
+            return 0.0
+
+    session = MediaSession(1, Clock())
+    assert session.last_activity is None
+    session.leg_b.last_activity = 7.0
+    assert session.last_activity == 7.0
+    session.leg_a.last_activity = 9.5
+    assert session.last_activity == 9.5

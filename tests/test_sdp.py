@@ -237,6 +237,7 @@ GARBAGE = [
     b"v=0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4\r\n",
     b"v=0\r\nthis is not sdp\r\n",
     b"v=0\r\na=x\rb\r\n",
+    b"v=0\r\na=x\r\r\n",  # a stray CR before the line end
     b"v=0\r\na=x\x00\r\n",
     b"\x00\x01\x02\xff\xfe",
 ]

@@ -11,7 +11,6 @@ table (`caller_status`); every call ends in exactly one call record.
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +45,7 @@ from pbx.sip.sdp import (
     rewrite_for_relay,
     set_direction,
 )
-from pbx.sip.transaction import ClientTransaction, ServerTransaction, new_branch
+from pbx.sip.transaction import ServerTransaction, new_branch
 from pbx.sip.transport import Peer
 from pbx.sip.uri import SipURI, parse_uri, unescape
 from pbx.sip.validate import max_forwards
@@ -93,12 +92,15 @@ def caller_status(statuses: list[int]) -> tuple[int, str, str]:
 
 @dataclass(eq=False)
 class Fork:
-    """One outgoing INVITE of leg B, to one registered contact."""
+    """One outgoing INVITE of leg B, to one registered contact.
+
+    It does not keep its client transaction: the transaction's callbacks hold
+    the fork, and a cycle would leave every ended call to the garbage collector.
+    """
 
     binding: Binding
     member: str
     request: Request
-    transaction: ClientTransaction | None = None
     dialog: Dialog | None = None
     provisional: bool = False
     final: int | None = None
@@ -111,6 +113,7 @@ class Call:
     id: str
     record: CallRecord
     a_request: Request
+    a_offer: SessionDescription  # the caller's SDP offer (a_request's body), parsed once
     a_transaction: ServerTransaction
     a_dialog: Dialog
     media: Any
@@ -275,14 +278,7 @@ class B2BUA:
         except SDPError as error:
             raise NotAcceptableHere(str(error), reason="Bad SDP") from None
         from_ = request.from_()
-        record = CallRecord(
-            call_id=uuid.uuid4().hex,
-            sip_call_id=request.call_id,
-            caller=caller,
-            caller_name=from_.display or "",
-            callee=number,
-            start=self.clock.seconds(),
-        )
+        record = CallRecord.begin(request.call_id, caller, number, self.clock.seconds(), from_.display or "")
         try:
             plan = self._plan(caller, number, offer, peer.host)
         except SIPError as error:
@@ -370,6 +366,7 @@ class B2BUA:
             id=call_id,
             record=record,
             a_request=request,
+            a_offer=offer,
             a_transaction=transaction,
             a_dialog=a_dialog,
             media=plan.media,
@@ -420,9 +417,11 @@ class B2BUA:
 
     def _fork(self, call: Call, member: str, binding: Binding) -> None:
         host = self.advertised_host(binding.source_host)
-        # A caller handed over by an application already has its codec: offer B exactly that.
-        offer = SessionDescription.parse(call.a_answer if call.connecting is not None else call.a_request.body)
-        media = call.pending_media if call.connecting is not None else call.media
+        if call.connecting is not None:
+            # A caller handed over by an application already has its codec: offer B exactly that.
+            offer, media = SessionDescription.parse(call.a_answer), call.pending_media
+        else:
+            offer, media = call.a_offer, call.media
         body = rewrite_for_relay(offer, host, [media.leg_b.rtp_port], call.b_origin)
         headers = Headers()
         transport = binding.transport
@@ -439,7 +438,7 @@ class B2BUA:
         fork = Fork(binding, member, request)
         call.forks.append(fork)
         send = self.core.sender(transport, binding.source_host, binding.source_port)
-        fork.transaction = self.core.transactions.create_client(
+        self.core.transactions.create_client(
             request, send, transport != "UDP",
             lambda response, f=fork: self._fork_response(call, f, response),
             lambda f=fork: self._fork_failed(call, f, 408),
@@ -599,7 +598,7 @@ class B2BUA:
         for fork in call.forks:
             self._cancel_fork(fork)
         try:
-            endpoint, answer = self._endpoint(SessionDescription.parse(call.a_request.body), call.a_dialog.host)
+            endpoint, answer = self._endpoint(call.a_offer, call.a_dialog.host)
         except SIPError as error:
             self.log.warn("voicemail of {box} cannot answer: {error}", box=box, error=str(error))
             self._fail(call, status, reason, cause, disposition="missed" if cause == "no-answer" else None)
@@ -994,27 +993,36 @@ class B2BUA:
         except ValueError:
             pass
 
-    def _send_2xx(self, call: Call, transaction: ServerTransaction, response: Response, on_give_up) -> None:
+    def _send_2xx(self, call: Call, transaction: ServerTransaction, response: Response,
+                  on_give_up: Callable[[], None]) -> None:
         """Send a 2xx and retransmit it until the ACK (RFC 3261 §13.3.1.4)."""
         transaction.respond(response)
         if transaction.reliable:
             if transaction is call.a_transaction and not call.a_acked:
                 call.retransmit = ("reliable", None)
             return
-        state = {"interval": self.t1, "elapsed": 0.0}
-
-        def again() -> None:
-            state["elapsed"] += state["interval"]
-            if state["elapsed"] >= 64 * self.t1:
-                call.retransmit = None
-                on_give_up()
-                return
-            transaction.respond(response)
-            state["interval"] = min(state["interval"] * 2, self.t2)
-            call.retransmit = self.clock.callLater(state["interval"], again)
-
         self._stop_retransmit(call)
-        call.retransmit = self.clock.callLater(self.t1, again)
+        call.retransmit = self.clock.callLater(
+            self.t1, self._retransmit_2xx, call, transaction, response, on_give_up, self.t1, 0.0
+        )
+
+    def _retransmit_2xx(self, call: Call, transaction: ServerTransaction, response: Response,
+                        on_give_up: Callable[[], None], interval: float, elapsed: float) -> None:
+        """One retransmission, then the next at double the interval (at most T2), for 64*T1.
+
+        A method with its state in the arguments, not a closure that schedules
+        itself: that closure would be a reference cycle holding the whole call.
+        """
+        elapsed += interval
+        if elapsed >= 64 * self.t1:
+            call.retransmit = None
+            on_give_up()
+            return
+        transaction.respond(response)
+        interval = min(interval * 2, self.t2)
+        call.retransmit = self.clock.callLater(
+            interval, self._retransmit_2xx, call, transaction, response, on_give_up, interval, elapsed
+        )
 
     def _stop_retransmit(self, call: Call) -> None:
         pending = call.retransmit

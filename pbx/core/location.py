@@ -50,9 +50,13 @@ class LocationService:
 
     def lookup(self, aor: str) -> list[Binding]:
         """Current bindings, highest q first (RFC 3261 §16.6 forking order)."""
+        contacts = self._bindings.get(aor)
+        if not contacts:
+            return []
         now = self.clock.seconds()
-        current = [b for b in self._bindings.get(aor, {}).values() if b.expires_at > now]
-        current.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
+        current = [b for b in contacts.values() if b.expires_at > now]
+        if len(current) > 1:  # most extensions have one phone: nothing to order
+            current.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
         return current
 
     def get(self, aor: str, contact: str) -> Binding | None:

@@ -26,6 +26,11 @@ RTP latched elsewhere than the SDP said, to the latched RTP port + 1.
 
 The packet path is written to be cheap: no logging, no allocation beyond the
 header unpack for statistics, counters as plain attribute increments.
+
+A session is made and closed for every call, so that is cheap too: closing
+needs no Deferreds when the sockets close at once, and a closed session holds
+no reference cycle (a leg knows its session by id; the legs let go of each
+other), so reference counting frees it without waiting for the garbage collector.
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.abstract import isIPAddress
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from pbx.media.portpool import NoPortsAvailable, PortPool
 from pbx.media.player import Player
-from pbx.media.sockets import Listen, bind_pair, listen_media, retarget
+from pbx.media.sockets import Listen, bind_pair, listen_media, retarget, stop_listening
 from pbx.media.rtp import STATIC_CLOCK_RATES, STATIC_PAYLOAD_TYPES, RTPStats
 
 Address = tuple[str, int]
@@ -58,11 +63,13 @@ class MediaLeg:
 
     log = Logger()
 
-    def __init__(self, session: MediaSession, name: str, clock: Any) -> None:
-        self.session = session
+    def __init__(self, session_id: int, name: str, clock: Any) -> None:
+        self.session_id = session_id
         self.name = name
         self._clock = clock
         self.peer: MediaLeg = self  # set by the session to the other leg
+        #: Clock time of the last RTP packet accepted from this leg's phone (None before the first).
+        self.last_activity: float | None = None
         self.rtp_port: int | None = None
         self.rtcp_port: int | None = None
         self.remote_rtp: Address | None = None  # from the SDP
@@ -101,7 +108,7 @@ class MediaLeg:
             if port and host != "0.0.0.0":
                 self.log.warn(
                     "media {session} leg {leg}: SDP address {host} is not an IPv4 address; waiting for latching",
-                    session=self.session.id, leg=self.name, host=host,
+                    session=self.session_id, leg=self.name, host=host,
                 )
             remote = None
         if remote == self.remote_rtp:
@@ -181,7 +188,7 @@ class MediaLeg:
             return
         now = self._clock.seconds()
         self.rtp_stats.update(data, now)
-        self.session.last_activity = now
+        self.last_activity = now
         peer = self.peer
         if peer.music is not None:
             return
@@ -241,7 +248,7 @@ class MediaLeg:
         """Once per leg (and per SDP change): worth a log line."""
         self.log.info(
             "media {session} leg {leg} latched to {host}:{port} (SDP said {remote})",
-            session=self.session.id, leg=self.name, host=addr[0], port=addr[1], remote=_format(self.remote_rtp),
+            session=self.session_id, leg=self.name, host=addr[0], port=addr[1], remote=_format(self.remote_rtp),
         )
         self.latched = addr
 
@@ -289,7 +296,7 @@ class MediaLeg:
         if remote is not None:
             self.set_remote(*remote)
         self.latched = latched
-        return own
+        return succeed(None) if own is None else own
 
     def _bind(self, reactor: Any, interface: str, pool: PortPool, attempts: int, listen: Listen) -> None:
         port, self._rtp, self._rtcp = bind_pair(
@@ -298,15 +305,22 @@ class MediaLeg:
         self._pool = pool
         self.rtp_port, self.rtcp_port = port, port + 1
 
-    def _close(self) -> Deferred[None]:
-        """Stop both sockets; the pair goes back to the pool once they are closed."""
+    def _close(self) -> Deferred[None] | None:
+        """Stop both sockets; the pair goes back to the pool once they are closed.
+
+        None when that happened at once, else a Deferred that fires when it has.
+        """
         self.stop_music()
         sockets = [s for s in (self._rtp, self._rtcp) if s is not None]
         self._rtp = self._rtcp = None
         if not sockets:
-            return succeed(None)
-        d = gatherResults([maybeDeferred(s.stopListening) for s in sockets], consumeErrors=True)
+            return None
+        d = stop_listening(sockets)
         pool, port = self._pool, self.rtp_port
+        if d is None:
+            if pool is not None and port is not None:
+                pool.release(port)
+            return None
 
         def release(result: object) -> object:
             if pool is not None and port is not None:
@@ -314,7 +328,6 @@ class MediaLeg:
             return result
 
         d.addBoth(release)
-        d.addCallback(lambda _: None)
         return d
 
 
@@ -325,13 +338,11 @@ class MediaSession:
 
     def __init__(self, session_id: int, clock: Any) -> None:
         self.id = session_id
-        self.leg_a = MediaLeg(self, "a", clock)
-        self.leg_b = MediaLeg(self, "b", clock)
+        self.leg_a = MediaLeg(session_id, "a", clock)
+        self.leg_b = MediaLeg(session_id, "b", clock)
         self.leg_a.peer = self.leg_b
         self.leg_b.peer = self.leg_a
         self.created = clock.seconds()
-        #: Clock time of the last RTP packet accepted on either leg (None before the first).
-        self.last_activity: float | None = None
         self.closed = False
         self._closing: Deferred[None] | None = None
         self._waiters: list[Deferred[None]] | None = []  # None once closed
@@ -340,6 +351,14 @@ class MediaSession:
     @property
     def legs(self) -> tuple[MediaLeg, MediaLeg]:
         return self.leg_a, self.leg_b
+
+    @property
+    def last_activity(self) -> float | None:
+        """Clock time of the last RTP packet accepted on either leg (None before the first)."""
+        a, b = self.leg_a.last_activity, self.leg_b.last_activity
+        if a is None or b is None:
+            return b if a is None else a
+        return max(a, b)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-leg counters (JSON-friendly, for the call record and events)."""
@@ -351,13 +370,15 @@ class MediaSession:
             self.closed = True
             for callback in self._on_close:
                 callback(self)
-            self._closing = gatherResults([self.leg_a._close(), self.leg_b._close()], consumeErrors=True)
+            pending = [d for d in (self.leg_a._close(), self.leg_b._close()) if d is not None]
+            # No packet can arrive any more: the legs let go of each other (no cycle to collect).
+            self.leg_a.peer = self.leg_b.peer = None  # type: ignore[assignment]
+            self._closing = gatherResults(pending, consumeErrors=True) if pending else succeed([])
             self._closing.addBoth(self._closed)
-        d: Deferred[None] = Deferred()
         if self._waiters is None:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
         return d
 
     def _closed(self, result: object) -> None:

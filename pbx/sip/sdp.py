@@ -24,6 +24,7 @@ _ICE_ATTRIBUTES = frozenset({"candidate", "remote-candidates", "end-of-candidate
 _PORT_RE = re.compile(r"([0-9]{1,5})(?:/([0-9]{1,5}))?\Z")
 # Session-level lines that come before c= (RFC 4566 §5 order: v o s i u e p c b t r z k a).
 _BEFORE_CONNECTION = frozenset("vosiuep")
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")  # the type of a line
 
 Line = tuple[str, str]
 
@@ -203,17 +204,19 @@ class SessionDescription:
     def parse(cls, body: bytes) -> SessionDescription:
         """Parse an SDP body; SDPError on anything that is not one."""
         text = bytes(body).decode("utf-8", "surrogateescape")
+        # Most bodies have no control character at all: look line by line only when there is one.
+        suspect = "\x00" in text or "\r" in text.replace("\r\n", "")
         session: list[Line] = []
         media: list[MediaDescription] = []
         current = session
         for raw in text.split("\n"):
-            line = raw[:-1] if raw.endswith("\r") else raw
+            line = raw[:-1] if raw[-1:] == "\r" else raw
             if not line or line.isspace():
                 continue
             kind = line[0]
-            if len(line) < 2 or line[1] != "=" or not ("a" <= kind <= "z" or "A" <= kind <= "Z"):
+            if line[1:2] != "=" or kind not in _LETTERS:
                 raise SDPError(f"not an SDP line: {line[:40]!r}")
-            if "\r" in line or "\x00" in line:
+            if suspect and ("\r" in line or "\x00" in line):
                 raise SDPError(f"control character in SDP line: {line[:40]!r}")
             value = line[2:]
             if not session:
@@ -375,7 +378,7 @@ def rewrite_for_relay(
     session: list[Line] = []
     have_connection = False
     for t, v in sdp.lines:
-        if t == "o" or (t == "a" and _is_ice(v)):
+        if t == "o" or (t == "a" and _is_ice(_attribute_name(v))):
             continue
         if t == "c":
             if not have_connection:
@@ -397,9 +400,10 @@ def rewrite_for_relay(
             if t == "c":
                 lines.append(("c", connection))
             elif t == "a":
-                if _is_ice(v):
+                name = _attribute_name(v)
+                if _is_ice(name):
                     continue
-                if _attribute(v).name == "rtcp":
+                if name == "rtcp":
                     if port:
                         lines.append(("a", f"rtcp:{port + 1}"))
                     continue
@@ -408,21 +412,31 @@ def rewrite_for_relay(
                 lines.append((t, v))
         media.append(MediaDescription(section.media, port, section.proto, list(section.formats), None, lines))
 
-    origin.stamp(_serialize(session, media))
-    session.insert(1, ("o", origin.line()))
-    return _serialize(session, media)
+    # The version is decided on the description without o=; o= then goes second, after v=.
+    first = _text(session[:1], [])
+    rest = _text(session[1:], media)
+    origin.stamp((first + rest).encode("utf-8", "surrogateescape"))
+    return (first + f"o={origin.line()}\r\n" + rest).encode("utf-8", "surrogateescape")
 
 
 def _serialize(session: list[Line], media: list[MediaDescription]) -> bytes:
+    return _text(session, media).encode("utf-8", "surrogateescape")
+
+
+def _text(session: list[Line], media: list[MediaDescription]) -> str:
     out = [f"{t}={v}\r\n" for t, v in session]
     for section in media:
         out.append(f"m={section.m_line()}\r\n")
-        out.extend(f"{t}={v}\r\n" for t, v in section.lines)
-    return "".join(out).encode("utf-8", "surrogateescape")
+        out.extend([f"{t}={v}\r\n" for t, v in section.lines])
+    return "".join(out)
 
 
-def _is_ice(value: str) -> bool:
-    name = _attribute(value).name
+def _attribute_name(value: str) -> str:
+    """The name of an a= line's value ("rtpmap" of "rtpmap:0 PCMU/8000")."""
+    return value.partition(":")[0].strip()
+
+
+def _is_ice(name: str) -> bool:
     return name in _ICE_ATTRIBUTES or name.startswith("ice-")
 
 

@@ -17,10 +17,15 @@ Deferred (fired once its batch is committed) and its own savepoint, so one
 failing write loses nothing else. `flush()` writes the queue at once
 (shut-down).
 
-Records are serialised when the method is called, on the reactor thread:
-the B2BUA keeps changing its `CallRecord` while the write waits for the
-database thread.  A write for a call that is already in ``cdr`` is ignored,
-so a late ``update_open`` can never bring a finished call back to life.
+Records are serialised on the reactor thread: the B2BUA keeps changing its
+`CallRecord` while the write waits for the database thread.  Without
+batching that happens when the method is called.  With batching, the
+``calls_open`` writes of one call queued for the same batch (``open_call``
+on the INVITE, ``update_open`` on an answer that came quickly) are one
+write, serialised when the batch goes to the database: one row and one JSON
+text instead of two, with the newest state.  A write for a call that is
+already in ``cdr`` is ignored, so a late ``update_open`` can never bring a
+finished call back to life.
 """
 
 from __future__ import annotations
@@ -113,6 +118,67 @@ def _where(extension: str | None, since: Moment | None, until: Moment | None,
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(args)
 
 
+class _Queued:
+    """One write waiting for the next batch, and the Deferreds of those who asked for it.
+
+    A ``calls_open`` write carries its record instead of arguments: they are
+    taken from it when the batch is flushed (`prepare`).
+    """
+
+    __slots__ = ("work", "args", "record", "waiters", "failure")
+
+    def __init__(self, work: Any, args: tuple[Any, ...], record: CallRecord | None = None) -> None:
+        self.work = work
+        self.args = args
+        self.record = record
+        self.waiters: list[Deferred[None]] = []
+        self.failure: Failure | None = None  # the record could not be serialised
+
+    def prepare(self) -> None:
+        """Serialise the record, on the reactor thread, before the batch goes to the database."""
+        if self.record is not None:
+            try:
+                self.args = _open_row(self.record)
+            except Exception:
+                self.failure = Failure()
+
+    def run(self, cursor: Any) -> Failure | None:
+        """On the database thread, in its own savepoint: one failing write loses nothing else."""
+        if self.failure is not None:
+            return self.failure
+        cursor.execute("SAVEPOINT cdr_write")
+        outcome = None
+        try:
+            self.work(cursor, *self.args)
+        except Exception:
+            outcome = Failure()
+            cursor.execute("ROLLBACK TO cdr_write")
+        cursor.execute("RELEASE cdr_write")
+        return outcome
+
+    def settle(self, outcome: Failure | None) -> None:
+        """Tell everyone who asked for this write how it went (on the reactor thread)."""
+        for done in self.waiters:
+            if outcome is None:
+                done.callback(None)
+            else:
+                done.errback(outcome)
+
+
+def _run_batch(cursor: Any, batch: list[_Queued]) -> list[Failure | None]:
+    return [queued.run(cursor) for queued in batch]
+
+
+def _settle_batch(outcomes: list[Failure | None], batch: list[_Queued]) -> None:
+    for queued, outcome in zip(batch, outcomes):
+        queued.settle(outcome)
+
+
+def _fail_batch(failure: Failure, batch: list[_Queued]) -> None:
+    for queued in batch:
+        queued.settle(failure)
+
+
 class CDRRepository:
     """Call records in the database; every method returns a Deferred."""
 
@@ -122,18 +188,42 @@ class CDRRepository:
         self.db = db
         self.clock = clock
         self.batch_delay = batch_delay
-        self._queue: list[tuple[Any, tuple[Any, ...], Deferred[None]]] = []
+        self._queue: list[_Queued] = []
+        self._open_writes: dict[str, _Queued] = {}  # call_id -> its calls_open write in the queue
         self._flush_timer: Any = None
 
     # -- group commit -----------------------------------------------------------
 
+    @property
+    def _batching(self) -> bool:
+        return self.clock is not None and self.batch_delay > 0
+
     def _write(self, work: Any, *args: Any) -> Deferred[None]:
-        if self.clock is None or self.batch_delay <= 0:
+        if not self._batching:
             return self.db.run_transaction(work, *args)
-        done: Deferred[None] = Deferred()
-        self._queue.append((work, args, done))
+        return self._wait_for(self._enqueue(_Queued(work, args)))
+
+    def _save_open(self, record: CallRecord) -> Deferred[None]:
+        """The record so far into ``calls_open``; one write per call and batch."""
+        if not self._batching:
+            return self.db.run_transaction(_write_open, *_open_row(record))
+        queued = self._open_writes.get(record.call_id)
+        if queued is None:
+            queued = self._open_writes[record.call_id] = self._enqueue(_Queued(_write_open, (), record))
+        else:
+            queued.record = record
+        return self._wait_for(queued)
+
+    def _enqueue(self, queued: _Queued) -> _Queued:
+        self._queue.append(queued)
         if self._flush_timer is None:
             self._flush_timer = self.clock.callLater(self.batch_delay, self.flush)
+        return queued
+
+    @staticmethod
+    def _wait_for(queued: _Queued) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+        queued.waiters.append(done)
         return done
 
     def flush(self) -> Deferred[None]:
@@ -142,52 +232,31 @@ class CDRRepository:
         if timer is not None and timer.active():
             timer.cancel()
         batch, self._queue = self._queue, []
+        self._open_writes = {}
         if not batch:
             return succeed(None)
-
-        def work(cursor: Any) -> list[Failure | None]:
-            outcomes: list[Failure | None] = []
-            for write, args, _ in batch:
-                cursor.execute("SAVEPOINT cdr_write")
-                try:
-                    write(cursor, *args)
-                except Exception:
-                    outcomes.append(Failure())
-                    cursor.execute("ROLLBACK TO cdr_write")
-                else:
-                    outcomes.append(None)
-                cursor.execute("RELEASE cdr_write")
-            return outcomes
-
-        def committed(outcomes: list[Failure | None]) -> None:
-            for (_, _, done), outcome in zip(batch, outcomes):
-                if outcome is None:
-                    done.callback(None)
-                else:
-                    done.errback(outcome)
-
-        def failed(failure: Failure) -> None:
-            for _, _, done in batch:
-                done.errback(failure)
-
-        d = self.db.run_transaction(work)
-        d.addCallbacks(committed, failed)
+        for queued in batch:
+            queued.prepare()
+        d = self.db.run_transaction(_run_batch, batch)
+        d.addCallbacks(_settle_batch, _fail_batch, callbackArgs=(batch,), errbackArgs=(batch,))
         return d
 
     # -- the life of a call ------------------------------------------------
 
     def open_call(self, record: CallRecord) -> Deferred[None]:
         """Note a call that has started (ringing)."""
-        return self._write(_write_open, *_open_row(record))
+        return self._save_open(record)
 
     def update_open(self, record: CallRecord) -> Deferred[None]:
         """Write the record so far (on answer); ignored once the call is closed."""
-        return self._write(_write_open, *_open_row(record))
+        return self._save_open(record)
 
     def close_call(self, record: CallRecord) -> Deferred[None]:
         """Store a finished record and forget the open call, in one transaction."""
         if record.end is None or record.disposition is None:
             return fail(ValueError(f"call {record.call_id}: close_call needs a finished record"))
+        # A later update_open of this call queues after the close (and is ignored), not before it.
+        self._open_writes.pop(record.call_id, None)
         return self._write(_write_closed, _cdr_row(record))
 
     def recover(self, now: float) -> Deferred[Records]:
