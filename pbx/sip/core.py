@@ -178,8 +178,10 @@ class SIPCore:
         """Where UDP responses go (RFC 3261 §18.2.2, RFC 3581 §4); None on a connection."""
         if peer.reliable:
             return None
+        if self.force_rport:
+            return (peer.host, peer.port)
         via = request.vias[0]
-        if self.force_rport or via.params.get("rport"):
+        if via.params.get("rport"):
             return (peer.host, peer.port)
         return (via.params.get("maddr") or via.params.get("received") or via.host, via.port or 5060)
 
@@ -241,10 +243,7 @@ class SIPCore:
                 return
         response = self.response(request, error.status, error.reason)
         try:
-            if peer.reliable or self.force_rport:
-                peer.send_to(response.to_bytes(), peer.host, peer.port)
-            else:
-                peer._write(response.to_bytes(), self._reply_address(request, peer))
+            peer.send_to(response.to_bytes(), *(self._reply_address(request, peer) or (peer.host, peer.port)))
         except Exception:
             self.log.failure("could not answer a malformed request from {peer}", peer=peer)
 

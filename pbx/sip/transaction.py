@@ -448,10 +448,12 @@ class ServerTransaction(_Transaction):
         on_ack_timeout: Callable[[], None] | None = None,
         on_transport_error: Callable[[], None] | None = None,
         accepted_state: bool = True,
+        address: tuple[str, int] | None = None,
     ) -> None:
         if request.method == "ACK":
             raise ValueError("ACK does not start a transaction")
         super().__init__(request, send, reliable, clock, timers, on_transport_error)
+        self._address = address
         self.on_ack_timeout = on_ack_timeout
         self.status: int | None = None
         self._accepted_state = accepted_state
@@ -727,8 +729,8 @@ class TransactionLayer:
             on_ack_timeout=on_ack_timeout,
             on_transport_error=on_transport_error,
             accepted_state=self.accepted_state,
+            address=address,
         )
-        txn._address = address
         self._enrol(self._servers, key, txn)
         return txn
 
